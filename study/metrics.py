@@ -1,0 +1,27 @@
+"""Metric names, defined once: the trainer reports them, the scheduler ranks by them, the report reads them."""
+
+EPOCH = "epoch"
+LR = "lr"
+TRAIN_PPL = "train_ppl"
+VALID_PPL = "valid_ppl"
+TEST_PPL = "test_ppl"
+GRAD_NORM_MEAN = "grad_norm_mean"
+GRAD_NORM_P50 = "grad_norm_p50"
+GRAD_NORM_P90 = "grad_norm_p90"
+GRAD_NORM_MAX = "grad_norm_max"
+CLIP_FRACTION = "clip_fraction"
+WORDS_PER_SEC = "words_per_sec"
+EPOCH_SECONDS = "epoch_seconds"
+DIVERGED = "diverged"
+
+# The gradient-norm summary of one epoch, as the clipper computes it.
+GRAD_METRICS = (GRAD_NORM_MEAN, GRAD_NORM_P50, GRAD_NORM_P90, GRAD_NORM_MAX, CLIP_FRACTION)
+
+# Every epoch's report has these; the last report of a finished run adds TEST_PPL.
+EPOCH_METRICS = (
+    EPOCH, LR, TRAIN_PPL, VALID_PPL, *GRAD_METRICS, WORDS_PER_SEC, EPOCH_SECONDS, DIVERGED,
+)
+
+# What ASHA and the report rank trials by.
+OBJECTIVE = VALID_PPL
+MODE = "min"

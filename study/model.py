@@ -1,0 +1,65 @@
+"""The word-level LSTM language model of Zaremba et al. (2014), as TF's ptb_word_lm builds it.
+
+    model = LSTMLanguageModel(vocab_size=10000, hidden_size=200, num_layers=2, keep_prob=1.0, init_scale=0.1)
+    logits, state = model(x, model.initial_state(batch_size=20))   # x: [batch, steps] token ids
+
+Embedding -> dropout -> `num_layers` LSTM layers, each output dropped out -> softmax layer.
+`torch.nn.LSTM` runs all time steps in one fused call (cuDNN on a GPU, oneDNN/ATen on the CPU).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+State = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [num_layers, batch, hidden]
+
+
+class LSTMLanguageModel(nn.Module):
+    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, keep_prob: float, init_scale: float):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        drop = 1.0 - keep_prob
+        self.embedding = nn.Embedding(vocab_size, hidden_size)
+        self.input_dropout = nn.Dropout(drop)
+        # nn.LSTM's own dropout acts between layers; output_dropout covers the last layer, so every
+        # layer's output is dropped as TF's DropoutWrapper(output_keep_prob) does.
+        self.lstm = nn.LSTM(hidden_size, hidden_size, num_layers, batch_first=True, dropout=drop if num_layers > 1 else 0.0)
+        self.output_dropout = nn.Dropout(drop)
+        self.softmax = nn.Linear(hidden_size, vocab_size)
+        self._init_weights(init_scale)
+
+    def _init_weights(self, init_scale: float) -> None:
+        # The reference draws every variable from U(-init_scale, init_scale), forget-gate bias included
+        # (BasicLSTMCell with forget_bias=0). TF's cell has one bias per layer where torch has two
+        # (bias_ih + bias_hh): bias_hh is held at zero and frozen, so the layer has exactly TF's
+        # parameters, gradients and gradient norm.
+        for name, parameter in self.named_parameters():
+            if name.startswith("lstm.bias_hh"):
+                nn.init.zeros_(parameter)
+                parameter.requires_grad_(False)
+            else:
+                nn.init.uniform_(parameter, -init_scale, init_scale)
+
+    def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """Zero state, as at the start of every epoch and every evaluation."""
+        device = device or self.softmax.weight.device
+        zeros = torch.zeros(self.num_layers, batch_size, self.hidden_size, device=device)
+        return zeros, zeros.clone()
+
+    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """x: [batch, steps] ids -> logits [batch, steps, vocab] and the state after the last step."""
+        hidden = self.input_dropout(self.embedding(x))  # [batch, steps, hidden]
+        hidden, state = self.lstm(hidden, state)
+        return self.softmax(self.output_dropout(hidden)), state
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def flops_per_word(self) -> int:
+        """Multiply-add FLOPs of one forward step for one word (embedding lookup is free)."""
+        h, layers = self.hidden_size, self.num_layers
+        lstm = layers * 2 * (4 * h) * (2 * h)  # gates: [4h, 2h] matrix times [x; h]
+        softmax = 2 * h * self.softmax.out_features
+        return lstm + softmax

@@ -1,0 +1,41 @@
+"""Atomic Parquet writes: a table is written to a temporary name beside it and renamed into place,
+so a crash or a full disk never leaves half a table where a reader expects a whole one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+METADATA_KEY = b"study.provenance"
+
+
+def write_table(frame: pd.DataFrame, path: str | Path, provenance: dict[str, Any] | None = None) -> Path:
+    """Write `frame` to `path` atomically, with `provenance` as JSON in the schema metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    if provenance is not None:
+        metadata = {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(provenance, default=str).encode()}
+        table = table.replace_schema_metadata(metadata)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        pq.write_table(table, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_provenance(path: str | Path) -> dict[str, Any]:
+    """The provenance a table was written with ({} when it has none)."""
+    metadata = pq.read_schema(path).metadata or {}
+    return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}

@@ -1,0 +1,318 @@
+"""Train and evaluate one run of the Zaremba PTB LSTM, epoch by epoch.
+
+    python -m study.train --preset small --data-dir ../shared/data/ptb --threads 2
+
+The semantics are TF ptb_word_lm's (see design.md): cost summed over time steps and averaged over
+the batch, state carried through an epoch and reset at its start, validation with the training batch
+shape, test with batch size 1. `Trainer` is what a Ray Tune trial drives: `run_epoch()` returns the
+epoch's metrics dict, `state_dict()` / `load_state_dict()` save and restore everything a resumed run
+needs to continue exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from study import metrics as m
+from study.clipping import Clipper
+from study.config import PRESETS, TrainConfig, add_config_arguments, make_config, overrides_from_args
+from study.data import DATA_ENV, Corpus, batchify, batches, load_corpus, num_batches
+from study.errors import UsageError, main_with_errors
+from study.model import LSTMLanguageModel, State
+from study.schedules import make_schedule
+from study.tables import write_table
+
+# Longest slice of the test stream fed to the LSTM at once: bounds the [1, chunk, vocab] logits.
+TEST_CHUNK = 2048
+# Progress lines (and the divergence check that shares their host sync) per epoch, as TF's tutorial.
+PROGRESS_POINTS = 10
+
+
+def perplexity(total_loss: float, words: int) -> float:
+    """exp(mean cross-entropy); +inf for a non-finite or overflowing loss, never NaN."""
+    mean = total_loss / max(words, 1)
+    return math.exp(mean) if math.isfinite(mean) and mean < 700 else math.inf
+
+
+def sequence_cost(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference cost of logits [batch, steps, vocab] for targets [batch, steps]: cross-entropy
+    summed over the time steps and averaged over the batch (TF sequence_loss with
+    average_across_timesteps=False). Also returns the cross-entropy summed over every word."""
+    summed = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
+    return summed / targets.shape[0], summed
+
+
+def detach(state: State) -> State:
+    """Cut the graph at the window boundary: truncated backprop through time."""
+    return state[0].detach(), state[1].detach()
+
+
+@torch.no_grad()
+def evaluate(model: LSTMLanguageModel, windows: Iterator[tuple[torch.Tensor, torch.Tensor]], batch_size: int) -> float:
+    """Perplexity of `model` over `windows` of (x, y) [batch, steps], state carried from one to the next."""
+    model.eval()
+    state = model.initial_state(batch_size)
+    total = torch.zeros((), dtype=torch.float64, device=state[0].device)
+    words = 0
+    for x, y in windows:
+        logits, state = model(x, state)
+        total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
+        words += y.numel()
+    return perplexity(total.item(), words)
+
+
+def stream_windows(ids: torch.Tensor, chunk: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The whole stream as batch size 1, every word after the first predicted: TF's test model
+    (batch 1, num_steps 1) in chunks of `chunk` steps, which gives the same result because the
+    state carries over and nothing is truncated at evaluation."""
+    stream = ids.view(1, -1)  # [1, words]
+    for start in range(0, stream.shape[1] - 1, chunk):
+        y = stream[:, start + 1 : start + 1 + chunk]
+        yield stream[:, start : start + y.shape[1]], y
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """One run: model, optimizer, schedule, clipper and data on one device."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        corpus: Corpus,
+        device: torch.device | str = "cpu",
+        progress: Callable[[str], None] | None = None,
+    ):
+        self.config = config
+        self.device = torch.device(device)
+        self.progress = progress
+        corpus = corpus.truncated(config.max_words)
+        torch.manual_seed(config.seed)
+        random.seed(config.seed)
+        np.random.seed(config.seed)
+        self.model = LSTMLanguageModel(
+            len(corpus.vocab), config.hidden_size, config.num_layers, config.keep_prob, config.init_scale
+        ).to(self.device)
+        self.train_data = batchify(corpus.train, config.batch_size).to(self.device)  # [batch, batch_len]
+        self.valid_data = batchify(corpus.valid, config.batch_size).to(self.device)
+        self.test_ids = corpus.test.to(self.device)  # [words]
+        self.steps_per_epoch = num_batches(self.train_data.shape[1], config.num_steps)
+        self.parameters = self.model.trainable_parameters()
+        self.optimizer = torch.optim.SGD(self.parameters, lr=config.learning_rate, momentum=config.momentum)
+        self.schedule = make_schedule(config)
+        self.clipper = Clipper.from_config(config, self.device, self.steps_per_epoch, config.epochs)
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer steps taken
+        self.diverged = False
+
+    @property
+    def finished(self) -> bool:
+        return self.diverged or self.epoch >= self.config.epochs
+
+    def epochs(self) -> Iterator[dict[str, Any]]:
+        """Run the remaining epochs, yielding each one's metrics."""
+        while not self.finished:
+            yield self.run_epoch()
+
+    def run_epoch(self) -> dict[str, Any]:
+        """Train one epoch, validate, and after the last epoch test; the metrics of design.md."""
+        started = time.perf_counter()
+        lr = self.schedule.rate(self.epoch, self.step)
+        train_loss, train_words = self._train_epoch()
+        train_seconds = time.perf_counter() - started
+        train_ppl = perplexity(train_loss, train_words)
+        self.diverged = not math.isfinite(train_ppl)
+        valid_ppl = math.inf
+        if not self.diverged:
+            valid_ppl = evaluate(self.model, batches(self.valid_data, self.config.num_steps), self.config.batch_size)
+            self.diverged = not math.isfinite(valid_ppl)
+        self.schedule.observe(self.epoch, valid_ppl)
+        self.epoch += 1
+        result = {
+            m.EPOCH: self.epoch,
+            m.LR: lr,
+            m.TRAIN_PPL: train_ppl,
+            m.VALID_PPL: valid_ppl,
+            **self.clipper.epoch_summary(),
+            m.WORDS_PER_SEC: train_words / train_seconds,
+            m.DIVERGED: self.diverged,
+        }
+        if self.epoch == self.config.epochs and not self.diverged:
+            result[m.TEST_PPL] = self.test()
+        result[m.EPOCH_SECONDS] = time.perf_counter() - started
+        return result
+
+    def test(self) -> float:
+        return evaluate(self.model, stream_windows(self.test_ids, TEST_CHUNK), batch_size=1)
+
+    def _train_epoch(self) -> tuple[float, int]:
+        """One pass over the training data; returns (summed cross-entropy, predicted words).
+        The loss stays on the device; the host reads it only at the progress points."""
+        config, model = self.config, self.model
+        model.train()
+        state = model.initial_state(config.batch_size)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        words_per_step = config.batch_size * config.num_steps
+        checkpoints = {max(1, round(self.steps_per_epoch * k / PROGRESS_POINTS)) for k in range(1, PROGRESS_POINTS)}
+        started = time.perf_counter()
+        for index, (x, y) in enumerate(batches(self.train_data, config.num_steps), start=1):
+            lr = self.schedule.rate(self.epoch, self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            logits, state = model(x, detach(state))
+            cost, loss = sequence_cost(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            cost.backward()
+            self.clipper.clip_(self.parameters)
+            self.optimizer.step()
+            self.step += 1
+            total += loss.detach()
+            if index in checkpoints:
+                seen = total.item()
+                if not math.isfinite(seen):
+                    return seen, index * words_per_step
+                if self.progress:
+                    elapsed = time.perf_counter() - started
+                    self.progress(
+                        f"{index / self.steps_per_epoch:.3f} perplexity: {perplexity(seen, index * words_per_step):.3f} "
+                        f"speed: {index * words_per_step / elapsed:.0f} wps"
+                    )
+        return total.item(), self.steps_per_epoch * words_per_step
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs: restoring it continues exactly as if never stopped."""
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "config": self.config.model_dump(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "clipper": self.clipper.state_dict(),
+            "rng": rng,
+            "epoch": self.epoch,
+            "step": self.step,
+            "diverged": self.diverged,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.clipper.load_state_dict(state["clipper"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.epoch, self.step, self.diverged = state["epoch"], state["step"], state["diverged"]
+
+
+def set_threads(threads: int) -> None:
+    """One intra-op thread per CPU this run owns; more only fight each other for the cores."""
+    torch.set_num_threads(threads)
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def epoch_line(result: dict[str, Any]) -> str:
+    """One line per epoch, in the spirit of ptb_word_lm's output."""
+    return (
+        f"Epoch: {result[m.EPOCH]} Learning rate: {result[m.LR]:.3f} Train Perplexity: {result[m.TRAIN_PPL]:.3f} "
+        f"Valid Perplexity: {result[m.VALID_PPL]:.3f} | {result[m.WORDS_PER_SEC]:.0f} wps, "
+        f"clipped {result[m.CLIP_FRACTION]:.0%} of steps, {result[m.EPOCH_SECONDS]:.0f} s"
+        + (" | DIVERGED" if result[m.DIVERGED] else "")
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m study.train", allow_abbrev=False, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="small", choices=list(PRESETS), help="starting configuration (default small)")
+    parser.add_argument("--data-dir", help=f"folder with ptb.{{train,valid,test}}.txt (else ${DATA_ENV}, the cache, a download)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
+    parser.add_argument("--threads", type=int, default=available_cpus(), help="torch CPU threads (default: CPUs available)")
+    parser.add_argument("--table", type=Path, help="write the per-epoch metrics to this Parquet file after every epoch")
+    parser.add_argument("--save", type=Path, help="save the complete run state here after every epoch")
+    parser.add_argument("--resume", type=Path, help="continue the run saved at this path (its configuration is used)")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines within an epoch")
+    add_config_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@main_with_errors
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads < 1:
+        raise UsageError(f"--threads {args.threads}: must be at least 1")
+    set_threads(args.threads)
+    saved = load_run_state(args.resume) if args.resume else None
+    if saved is not None:
+        overrides = overrides_from_args(args)
+        if overrides:
+            raise UsageError(f"--resume continues the saved run's configuration; drop --{next(iter(overrides)).replace('_', '-')}")
+        config = make_config(saved["config"], where=str(args.resume))
+    else:
+        config = make_config(overrides_from_args(args), preset=args.preset, where="command line")
+    device = select_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    corpus = load_corpus(args.data_dir)
+    trainer = Trainer(config, corpus, device, progress=None if args.quiet else print)
+    rows: list[dict[str, Any]] = []
+    if saved is not None:
+        trainer.load_state_dict(saved)
+        rows = saved.get("rows", [])
+        print(f"Resumed {args.resume} after epoch {trainer.epoch}")
+    print(f"{args.preset if saved is None else 'resumed'} run on {device} with {args.threads} threads, "
+          f"{trainer.steps_per_epoch} steps per epoch: {config.model_dump()}")
+    for result in trainer.epochs():
+        print(epoch_line(result))
+        rows.append(result)
+        if args.table:
+            write_table(pd.DataFrame(rows), args.table, provenance={"config": config.model_dump(), "data": corpus.sha256})
+        if args.save:
+            save_run_state({**trainer.state_dict(), "rows": rows}, args.save)
+    if m.TEST_PPL in rows[-1]:
+        print(f"Test Perplexity: {rows[-1][m.TEST_PPL]:.3f}")
+    return 0
+
+
+def save_run_state(state: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary name, then rename: a crash never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def load_run_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise UsageError(f"--resume {path}: no such file") from None
+    except Exception as error:  # a truncated or foreign file: torch raises several kinds
+        raise UsageError(f"--resume {path}: not a saved run state ({type(error).__name__})") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

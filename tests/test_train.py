@@ -1,0 +1,114 @@
+import io
+import math
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from study import metrics as m
+from study.config import make_config
+from study.data import batchify, load_corpus
+from study.train import Trainer, evaluate, sequence_cost, stream_windows
+
+
+@pytest.fixture
+def corpus(tiny_corpus_dir):
+    return load_corpus(tiny_corpus_dir)
+
+
+def tiny(**overrides):
+    return make_config({"max_words": 0, **overrides}, preset="test")
+
+
+def test_cost_is_cross_entropy_summed_over_time_and_averaged_over_batch():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(3, 4, 7), torch.randint(0, 7, (3, 4))
+    by_hand = sum(
+        sum(F.cross_entropy(logits[b, t][None], targets[b, t][None]) for t in range(4)) for b in range(3)
+    ) / 3
+    cost, summed = sequence_cost(logits, targets)
+    assert cost.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert summed.item() == pytest.approx(3 * by_hand.item(), rel=1e-6)
+
+
+def test_test_set_in_chunks_equals_one_word_at_a_time(corpus):
+    trainer = Trainer(tiny(), corpus)
+    ids = corpus.test[:300]
+    one_by_one = evaluate(trainer.model, stream_windows(ids, chunk=1), batch_size=1)
+    chunked = evaluate(trainer.model, stream_windows(ids, chunk=64), batch_size=1)
+    assert chunked == pytest.approx(one_by_one, rel=1e-5)
+
+
+def test_epoch_reports_every_metric_and_the_rate_the_optimizer_used(corpus):
+    trainer = Trainer(tiny(epochs=3, decay_start=1, lr_decay=0.5), corpus)
+    results = list(trainer.epochs())
+    assert [r[m.EPOCH] for r in results] == [1, 2, 3]
+    assert [r[m.LR] for r in results] == [1.0, 0.5, 0.25]
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.25
+    for result in results:
+        assert set(m.EPOCH_METRICS) <= set(result)
+        assert result[m.DIVERGED] is False and math.isfinite(result[m.VALID_PPL])
+    assert m.TEST_PPL in results[-1] and all(m.TEST_PPL not in r for r in results[:-1])
+    assert results[-1][m.VALID_PPL] < results[0][m.TRAIN_PPL]
+
+
+def test_resume_continues_exactly(corpus):
+    straight = Trainer(tiny(epochs=3, keep_prob=0.7, clip_mode="adaptive"), corpus)
+    expected = list(straight.epochs())
+
+    first = Trainer(tiny(epochs=3, keep_prob=0.7, clip_mode="adaptive"), corpus)
+    first.run_epoch(), first.run_epoch()
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)
+    torch.manual_seed(12345)  # a restored run must not depend on the process's RNG state
+    buffer.seek(0)
+    resumed = Trainer(tiny(epochs=3, keep_prob=0.7, clip_mode="adaptive"), corpus)
+    resumed.load_state_dict(torch.load(buffer, weights_only=False))
+    last = resumed.run_epoch()
+    assert last[m.VALID_PPL] == pytest.approx(expected[-1][m.VALID_PPL], abs=1e-6)
+    assert last[m.TEST_PPL] == pytest.approx(expected[-1][m.TEST_PPL], abs=1e-6)
+    assert last[m.GRAD_NORM_P50] == pytest.approx(expected[-1][m.GRAD_NORM_P50], abs=1e-6)
+
+
+def test_absurd_learning_rate_is_recorded_as_divergence_not_raised(corpus):
+    trainer = Trainer(tiny(epochs=3, learning_rate=1e12, clip_mode="none"), corpus)
+    results = list(trainer.epochs())
+    assert results[-1][m.DIVERGED] is True
+    assert results[-1][m.VALID_PPL] == math.inf
+    assert not any(math.isnan(r[m.VALID_PPL]) or math.isnan(r[m.TRAIN_PPL]) for r in results)
+    assert len(results) < 3 and trainer.finished
+
+
+def test_command_line_run_writes_the_table_and_resumes(tiny_corpus_dir, tmp_path):
+    table, state = tmp_path / "epochs.parquet", tmp_path / "run.pt"
+    base = [sys.executable, "-m", "study.train", "--preset", "test", "--data-dir", str(tiny_corpus_dir), "--threads", "1"]
+    done = subprocess.run([*base, "--epochs", "2", "--table", str(table), "--save", str(state)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Epoch: 2 Learning rate: 0.500" in done.stdout and "Test Perplexity:" in done.stdout
+    assert list(pd.read_parquet(table)[m.EPOCH]) == [1, 2]
+
+    again = subprocess.run([*base, "--resume", str(state), "--table", str(table)], capture_output=True, text=True)
+    assert again.returncode == 0 and "nothing" not in again.stderr
+    conflicting = subprocess.run([*base, "--resume", str(state), "--seed", "3"], capture_output=True, text=True)
+    assert conflicting.returncode == 2 and "--seed" in conflicting.stderr
+
+
+def test_command_line_bad_data_folder_is_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "study.train", "--preset", "test", "--data-dir", str(tmp_path / "nowhere")],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nowhere" in done.stderr
+
+
+def test_corrupted_resume_file_is_one_line(tmp_path, tiny_corpus_dir):
+    bad = tmp_path / "run.pt"
+    bad.write_bytes(b"not a checkpoint")
+    done = subprocess.run(
+        [sys.executable, "-m", "study.train", "--resume", str(bad), "--data-dir", str(tiny_corpus_dir)],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2 and str(bad) in done.stderr and done.stderr.count("\n") == 1
