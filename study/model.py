@@ -1,10 +1,12 @@
 """The word-level LSTM language model of Zaremba et al. (2014), as TF's ptb_word_lm builds it.
 
     model = LSTMLanguageModel(vocab_size=10000, hidden_size=200, num_layers=2, keep_prob=1.0, init_scale=0.1)
-    logits, state = model(x, model.initial_state(batch_size=20))   # x: [batch, steps] token ids
+    logits, state = model(x, model.initial_state(batch_size=20))   # x: [batch, steps] ids -> [steps, batch, vocab]
 
 Embedding -> dropout -> `num_layers` LSTM layers, each output dropped out -> softmax layer.
-`torch.nn.LSTM` runs all time steps in one fused call (cuDNN on a GPU, oneDNN/ATen on the CPU).
+`torch.nn.LSTM` runs all time steps in one fused call (cuDNN on a GPU, oneDNN on the CPU). It runs
+time-major, the layout both kernels use natively, so no activation is transposed and copied; the
+softmax layer sees a 2-D matrix, so its bias is fused into one matrix multiply (addmm).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class LSTMLanguageModel(nn.Module):
         self.input_dropout = nn.Dropout(drop)
         # nn.LSTM's own dropout acts between layers; output_dropout covers the last layer, so every
         # layer's output is dropped as TF's DropoutWrapper(output_keep_prob) does.
-        self.lstm = nn.LSTM(hidden_size, hidden_size, num_layers, batch_first=True, dropout=drop if num_layers > 1 else 0.0)
+        self.lstm = nn.LSTM(hidden_size, hidden_size, num_layers, dropout=drop if num_layers > 1 else 0.0)
         self.output_dropout = nn.Dropout(drop)
         self.softmax = nn.Linear(hidden_size, vocab_size)
         self._init_weights(init_scale)
@@ -49,10 +51,12 @@ class LSTMLanguageModel(nn.Module):
         return zeros, zeros.clone()
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """x: [batch, steps] ids -> logits [batch, steps, vocab] and the state after the last step."""
-        hidden = self.input_dropout(self.embedding(x))  # [batch, steps, hidden]
+        """x: [batch, steps] ids -> logits [steps, batch, vocab] (time-major) and the state after the last step."""
+        hidden = self.input_dropout(self.embedding(x.t()))  # [steps, batch, hidden]
         hidden, state = self.lstm(hidden, state)
-        return self.softmax(self.output_dropout(hidden)), state
+        steps, batch, _ = hidden.shape
+        logits = self.softmax(self.output_dropout(hidden).view(steps * batch, self.hidden_size))
+        return logits.view(steps, batch, -1), state
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -48,10 +48,10 @@ def perplexity(total_loss: float, words: int) -> float:
 
 
 def sequence_cost(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference cost of logits [batch, steps, vocab] for targets [batch, steps]: cross-entropy
+    """The reference cost of logits [steps, batch, vocab] for targets [batch, steps]: cross-entropy
     summed over the time steps and averaged over the batch (TF sequence_loss with
     average_across_timesteps=False). Also returns the cross-entropy summed over every word."""
-    summed = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum")
+    summed = F.cross_entropy(logits.flatten(0, 1), targets.t().flatten(), reduction="sum")
     return summed / targets.shape[0], summed
 
 
@@ -69,7 +69,7 @@ def evaluate(model: LSTMLanguageModel, windows: Iterator[tuple[torch.Tensor, tor
     words = 0
     for x, y in windows:
         logits, state = model(x, state)
-        total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
+        total += sequence_cost(logits, y)[1]
         words += y.numel()
     return perplexity(total.item(), words)
 
@@ -113,7 +113,7 @@ class Trainer:
         self.train_data = batchify(corpus.train, config.batch_size).to(self.device)  # [batch, batch_len]
         self.valid_data = batchify(corpus.valid, config.batch_size).to(self.device)
         self.test_ids = corpus.test.to(self.device)  # [words]
-        self.steps_per_epoch = num_batches(self.train_data.shape[1], config.num_steps)
+        self.steps_per_epoch = num_batches(self.train_data.shape[1], config.num_steps, batch_size=config.batch_size)
         self.parameters = self.model.trainable_parameters()
         self.optimizer = torch.optim.SGD(self.parameters, lr=config.learning_rate, momentum=config.momentum)
         self.schedule = make_schedule(config)

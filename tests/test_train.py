@@ -25,9 +25,9 @@ def tiny(**overrides):
 
 def test_cost_is_cross_entropy_summed_over_time_and_averaged_over_batch():
     torch.manual_seed(0)
-    logits, targets = torch.randn(3, 4, 7), torch.randint(0, 7, (3, 4))
+    logits, targets = torch.randn(4, 3, 7), torch.randint(0, 7, (3, 4))  # [steps, batch, vocab], [batch, steps]
     by_hand = sum(
-        sum(F.cross_entropy(logits[b, t][None], targets[b, t][None]) for t in range(4)) for b in range(3)
+        sum(F.cross_entropy(logits[t, b][None], targets[b, t][None]) for t in range(4)) for b in range(3)
     ) / 3
     cost, summed = sequence_cost(logits, targets)
     assert cost.item() == pytest.approx(by_hand.item(), rel=1e-6)

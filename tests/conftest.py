@@ -1,0 +1,53 @@
+"""Fixtures shared by the test modules: the real PTB when the machine has it, a tiny corpus always."""
+
+import random
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[1]
+# The project's CI machines carry PTB beside the checkout (../shared) or inside it (shared/).
+_PTB_CANDIDATES = (_ROOT.parent / "shared" / "data" / "ptb", _ROOT / "shared" / "data" / "ptb")
+_PTB_NAMES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
+
+_TINY_WORDS = ("the", "cat", "dog", "sat", "ran", "on", "a", "mat", "and", "<unk>", "N", "big")
+
+
+def tiny_text() -> dict[str, str]:
+    """Three splits in PTB's layout (" w w w \\n" lines): 400 / 120 / 120 words of 12 kinds.
+
+    Deterministic. The valid file holds one "zebra", a word train lacks (dropped by the reader),
+    so that a test can count it. Large enough for the `test` preset (batch 4 x 5 steps).
+    """
+    rng = random.Random(0)
+
+    def lines(words: int) -> list[str]:
+        out, left = [], words
+        while left:
+            n = min(left, rng.randint(4, 12))
+            out.append(" " + " ".join(rng.choice(_TINY_WORDS) for _ in range(n)) + " \n")
+            left -= n
+        return out
+
+    valid = lines(119)
+    valid[0] = " zebra" + valid[0]
+    return {"ptb.train.txt": "".join(lines(400)), "ptb.valid.txt": "".join(valid), "ptb.test.txt": "".join(lines(120))}
+
+
+@pytest.fixture(scope="session")
+def ptb_dir() -> Path:
+    """The folder with the real Penn Treebank files; skips the test where the machine has none."""
+    for folder in _PTB_CANDIDATES:
+        if all((folder / name).is_file() for name in _PTB_NAMES):
+            return folder
+    pytest.skip(f"real PTB not found in {' or '.join(map(str, _PTB_CANDIDATES))}")
+
+
+@pytest.fixture
+def tiny_corpus_dir(tmp_path: Path) -> Path:
+    """A folder with three tiny ptb.*.txt files (see `tiny_text`): a user's own corpus, not PTB."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for name, text in tiny_text().items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder

@@ -1,0 +1,42 @@
+import torch
+
+from study.model import LSTMLanguageModel
+
+
+def small(keep_prob=1.0):
+    torch.manual_seed(0)
+    return LSTMLanguageModel(vocab_size=50, hidden_size=8, num_layers=2, keep_prob=keep_prob, init_scale=0.1)
+
+
+def test_parameters_are_tfs_and_start_uniform_in_the_init_scale():
+    model = small()
+    # TF: embedding [V,H]; per layer kernel [2H,4H] + bias [4H]; softmax w [H,V] + b [V].
+    tf_count = 50 * 8 + 2 * (2 * 8 * 4 * 8 + 4 * 8) + 8 * 50 + 50
+    assert sum(p.numel() for p in model.trainable_parameters()) == tf_count
+    for name, parameter in model.named_parameters():
+        if name.startswith("lstm.bias_hh"):
+            assert not parameter.requires_grad and parameter.abs().max() == 0
+        else:
+            assert parameter.abs().max() <= 0.1 and parameter.std() > 0.03
+
+
+def test_shapes_and_state_carry():
+    model = small()
+    x = torch.randint(0, 50, (3, 5))  # [batch, steps]
+    logits, state = model(x, model.initial_state(3))
+    assert logits.shape == (5, 3, 50)  # time-major
+    assert state[0].shape == state[1].shape == (2, 3, 8)
+    # Two windows with the state carried equal one window of twice the length.
+    first, mid = model(x[:, :2], model.initial_state(3))
+    second, _ = model(x[:, 2:], mid)
+    assert torch.allclose(torch.cat([first, second]), logits, atol=1e-6)
+
+
+def test_dropout_only_in_training_and_only_below_keep_prob_one():
+    x = torch.randint(0, 50, (3, 5))
+    deterministic = small(keep_prob=1.0).train()
+    assert torch.equal(deterministic(x, deterministic.initial_state(3))[0], deterministic(x, deterministic.initial_state(3))[0])
+    dropped = small(keep_prob=0.5).train()
+    assert not torch.equal(dropped(x, dropped.initial_state(3))[0], dropped(x, dropped.initial_state(3))[0])
+    dropped.eval()
+    assert torch.equal(dropped(x, dropped.initial_state(3))[0], dropped(x, dropped.initial_state(3))[0])
