@@ -71,6 +71,8 @@ class TrainConfig(BaseModel):
     @property
     def clips(self) -> bool:
         """Whether this run clips gradients at all."""
+        if self.clip_mode == "adaptive":  # its threshold comes from the run's own norms
+            return True
         return self.clip_mode != "none" and math.isfinite(self.max_grad_norm)
 
 
