@@ -51,3 +51,13 @@ def tiny_corpus_dir(tmp_path: Path) -> Path:
     for name, text in tiny_text().items():
         (folder / name).write_text(text, encoding="utf-8")
     return folder
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for every test that needs it, with a fixed CPU count; stopped at the end."""
+    import ray
+
+    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield context.address_info["gcs_address"]
+    ray.shutdown()

@@ -1,0 +1,52 @@
+"""The Ray Tune function trainable: one trial = one training run, one `tune.report` per epoch.
+
+    tuner = tune.Tuner(tune.with_parameters(train_trial, corpus=corpus), param_space=space.param_space())
+
+The corpus is loaded once by the sweep and reaches every trial through Ray's object store
+(`tune.with_parameters`). Each epoch's report carries a checkpoint with the complete run state, so
+a trial whose worker dies is restarted from its last epoch and continues exactly as if undisturbed.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from study.data import Corpus
+from study.spaces import trial_config
+from study.train import Trainer, set_threads
+
+STATE_FILE = "state.pt"
+
+
+def trial_threads(resources: dict[str, float]) -> int:
+    """Torch threads for a trial: its whole CPUs, at least one (a fractional share gets one)."""
+    return max(1, math.floor(resources.get("CPU", 1)))
+
+
+def train_trial(config: dict[str, Any], corpus: Corpus, preset: str = "small") -> None:
+    run = trial_config(config, preset)
+    resources = tune.get_context().get_trial_resources().required_resources
+    set_threads(trial_threads(resources))
+    # Ray hides every GPU but the ones it assigned to this trial, so "cuda" is the trial's own GPU.
+    device = torch.device("cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu")
+    trainer = Trainer(run, corpus, device)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state_dict(torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False))
+
+    for result in trainer.epochs():
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(trainer.state_dict(), Path(folder) / STATE_FILE)
+            # node_id: which machine of a cluster trained the trial (Ray's node_ip is shared by
+            # nodes on one host).
+            result = {**result, "node_id": ray.get_runtime_context().get_node_id()}
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -1,0 +1,161 @@
+"""Real sweeps on a local Ray: the smoke study end to end, divergence, a killed worker, an
+interrupted and resumed sweep, and a two-node cluster."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from ray import tune
+
+from study import metrics as m
+from study.data import load_corpus
+from study.sweep import experiment_exists, options_from_args, parse_args, run_sweep
+
+pytestmark = pytest.mark.slow
+
+TINY_SPACE = """
+description: tiny sweep for tests
+preset: test
+fixed: {{epochs: {epochs}, max_words: 0, clip_mode: none}}
+vary:
+{vary}
+seeds: [0]
+scheduler: {{grace_period: {grace}, reduction_factor: 2}}
+resources: {{cpus_per_trial: 1}}
+"""
+
+
+def write_space(folder: Path, name: str, vary: str, epochs: int = 3, grace: int = 2) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(TINY_SPACE.format(epochs=epochs, vary=vary, grace=grace))
+    return path
+
+
+def sweep(args: list[str], corpus, callbacks=None):
+    options = options_from_args(parse_args(args))
+    return options, run_sweep(options, corpus, callbacks)
+
+
+def tables(experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_parquet(Path(experiment) / "trials.parquet"), pd.read_parquet(Path(experiment) / "epochs.parquet")
+
+
+def test_smoke_sweep_end_to_end(ray_session, ptb_dir, tmp_path):
+    options, results = sweep(["smoke", "--storage", str(tmp_path)], load_corpus(ptb_dir))
+    trials, epochs = tables(options.experiment)
+    assert len(trials) == len(results) == 6 and trials["trial_id"].is_unique
+    assert (trials["status"] == "stopped_early").sum() >= 1
+    assert set(trials["status"]) <= {"completed", "stopped_early"}
+    assert len(epochs) == trials["epochs_run"].sum()
+    assert not epochs.duplicated(["trial_id", m.EPOCH]).any()
+    completed = trials[trials["status"] == "completed"]
+    assert (completed["epochs_run"] == 4).all() and completed["test_ppl"].notna().all()
+    assert {"max_grad_norm", "lr_decay"} <= set(epochs.columns)
+    assert experiment_exists(options.experiment)
+
+
+def test_diverging_trial_is_recorded_while_the_sweep_finishes(ray_session, tiny_corpus_dir, tmp_path):
+    space = write_space(tmp_path, "diverge", "  learning_rate: {grid: [1.0, 1.0e+12]}", epochs=3, grace=3)
+    options, _ = sweep([str(space), "--storage", str(tmp_path / "out")], load_corpus(tiny_corpus_dir))
+    trials, epochs = tables(options.experiment)
+    by_rate = trials.set_index("learning_rate")["status"].to_dict()
+    assert by_rate == {1.0: "completed", 1.0e12: "diverged"}
+    diverged = epochs[epochs["learning_rate"] == 1.0e12]
+    assert diverged[m.DIVERGED].iloc[-1] and diverged[m.VALID_PPL].iloc[-1] == math.inf
+
+
+class KillOnce(tune.Callback):
+    """Kills the trial's worker process (SIGKILL) the first time it reports `epoch`."""
+
+    def __init__(self, epoch: int):
+        self.epoch, self.killed = epoch, False
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not self.killed and result[m.EPOCH] == self.epoch:
+            self.killed = True
+            os.kill(result["pid"], signal.SIGKILL)
+
+
+def test_killed_worker_recovers_from_its_checkpoint_with_the_same_result(ray_session, tiny_corpus_dir, tmp_path):
+    space = write_space(tmp_path, "one", "  keep_prob: {grid: [0.5]}", epochs=4, grace=4)
+    corpus = load_corpus(tiny_corpus_dir)
+    calm, _ = sweep([str(space), "--storage", str(tmp_path / "calm")], corpus)
+    killer = KillOnce(epoch=2)
+    hit, _ = sweep([str(space), "--storage", str(tmp_path / "hit"), "--max-failures", "2"], corpus, [killer])
+    assert killer.killed
+    (calm_trials, calm_epochs), (hit_trials, hit_epochs) = tables(calm.experiment), tables(hit.experiment)
+    assert hit_trials["status"].tolist() == ["completed"]
+    assert hit_epochs[m.EPOCH].tolist() == [1, 2, 3, 4]
+    assert hit_trials["test_ppl"].iloc[0] == pytest.approx(calm_trials["test_ppl"].iloc[0], abs=1e-6)
+    assert hit_epochs[m.VALID_PPL].tolist() == pytest.approx(calm_epochs[m.VALID_PPL].tolist(), abs=1e-6)
+
+
+def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "study.sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_session, tiny_corpus_dir, tmp_path):
+    space = write_space(tmp_path, "resume", "  max_grad_norm: {grid: [0.5, 1, 2, 5, 10, 20]}", epochs=6, grace=2)
+    args = [str(space), "--storage", str(tmp_path / "out"), "--data-dir", str(tiny_corpus_dir), "--address", ray_session]
+    first = run_cli(args)
+    experiment = tmp_path / "out" / "resume"
+    deadline = time.time() + 120
+    while not any(p.stat().st_size for p in experiment.glob("*/result.json")) and time.time() < deadline:
+        time.sleep(0.5)
+    first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
+    output = first.communicate(timeout=120)[0]
+    assert not (experiment / "trials.parquet").exists() or "6 TERMINATED" not in output
+
+    second = run_cli([*args, "--resume"])
+    output = second.communicate(timeout=300)[0]
+    assert second.returncode == 0, output[-3000:]
+    trials, epochs = tables(str(experiment))
+    assert len(trials) == 6 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= {"completed", "stopped_early"}
+    assert not epochs.duplicated(["trial_id", m.EPOCH]).any()
+    for _, trial in trials.iterrows():  # every epoch of every trial exactly once, in order
+        assert epochs.loc[epochs["trial_id"] == trial["trial_id"], m.EPOCH].tolist() == list(range(1, trial["epochs_run"] + 1))
+
+
+def test_a_second_run_into_the_same_results_is_refused(tmp_path):
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "study.json").write_text("{}")
+    done = subprocess.run([sys.executable, "-m", "study.sweep", "smoke", "--storage", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "--resume" in done.stderr and done.stderr.count("\n") == 1
+    assert (tmp_path / "smoke" / "study.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [(["nonesuch"], "nonesuch"), (["smoke", "--cpus-per-trial", "-1"], "--cpus-per-trial"), (["smoke", "--epochs", "0"], "--epochs")],
+)
+def test_bad_sweep_arguments_are_one_line(args, named, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "study.sweep", *args, "--storage", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and named in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tiny_corpus_dir, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        space = write_space(tmp_path, "cluster", "  max_grad_norm: {grid: [0.5, 1, 2, 5]}", epochs=2, grace=2)
+        done = run_cli([str(space), "--storage", str(tmp_path / "shared"), "--data-dir", str(tiny_corpus_dir), "--address", cluster.address])
+        output = done.communicate(timeout=300)[0]
+        assert done.returncode == 0, output[-3000:]
+    finally:
+        cluster.shutdown()
+    trials, epochs = tables(str(tmp_path / "shared" / "cluster"))
+    assert len(trials) == 4 and (trials["status"] == "completed").all()
+    assert len(epochs) == 8
+    analysis = tune.ExperimentAnalysis(str(tmp_path / "shared" / "cluster"))
+    nodes = {frame["node_id"].iloc[0] for frame in analysis.trial_dataframes.values()}
+    assert len(nodes) == 2
