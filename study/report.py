@@ -1,0 +1,849 @@
+"""Turn a finished (or interrupted) sweep into tidy tables, a comparison, plots and a summary.
+
+    python -m study.report results/grad_clip                # refresh the report, print the answer
+    python -m study.report results/grad_clip --provenance   # what produced the tables
+
+The experiment folder is the one Ray Tune leaves (`<storage>/<study>/`, a local folder or a URI
+such as s3://bucket/results/grad_clip); the report goes beside Ray's files:
+
+    trials.parquet       one row per trial: status, every setting, epochs run, best/final/test perplexity
+    epochs.parquet       one row per trial and epoch: the per-epoch metrics and the varied settings
+    comparison.parquet   one row per setting (the varied keys but seed): mean and 95% interval over seeds
+    summary.md           the answer first, then the pivots, divergence counts and the plots
+    *.png                heatmap, validation curves, gradient norms and clipping, test perplexity
+
+Ray's own reader (ExperimentAnalysis) reads the trials, so no Ray needs to run. Every file is
+written under a temporary name and renamed into place: a crash leaves the previous report whole.
+
+How the numbers are made (also stated in summary.md):
+- Status: `completed` trained every epoch; `stopped_early` ASHA (or the trainable) ended it sooner;
+  `diverged` its loss became NaN/inf; `error` Ray marked it failed; `running` started and not
+  finished (still running, or interrupted: Ray saves a running trial as PENDING); `pending` not started.
+- Perplexity statistics of a setting are over its `completed` and `stopped_early` trials (an
+  ASHA-stopped trial counts with the best perplexity it reached); diverged trials are left out
+  and counted in `n_diverged`; test perplexity is over `completed` trials only.
+- The 95% interval is Student's t over the trials of a setting; with fewer than two it is empty (NaN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.fs as pafs
+from scipy import stats
+
+import study
+from study import metrics as m
+from study import plots
+from study.errors import UsageError, main_with_errors
+from study.tables import read_provenance, write_table
+
+STUDY_FILE = "study.json"  # written by study.sweep beside Ray's state
+TRIALS, EPOCHS, COMPARISON, SUMMARY = "trials.parquet", "epochs.parquet", "comparison.parquet", "summary.md"
+EXPECTED = "expected the folder of one Ray Tune experiment as study.sweep leaves it (<storage>/<study>/ with experiment_state-*.json)"
+
+STATUSES = ("completed", "stopped_early", "diverged", "error", "running", "pending")
+UNFINISHED = ("running", "pending")
+RANKED = ("completed", "stopped_early")  # the trials whose perplexity enters a setting's statistics
+SEED = "seed"
+PER_EPOCH = (*m.EPOCH_METRICS, m.TEST_PPL)
+
+# A setting that means something only under some modes: left out of a case's label otherwise,
+# so that "none" is not shown as "none (max_grad_norm=5)".
+_ONLY_FOR = {
+    "max_grad_norm": ("clip_mode", {"global_norm", "value", "per_tensor_norm"}),
+    "clip_percentile": ("clip_mode", {"adaptive"}),
+    "lr_decay": ("lr_schedule", {"zaremba", "exponential", "plateau"}),
+    "decay_start": ("lr_schedule", {"zaremba"}),
+    "decay_steps": ("lr_schedule", {"exponential"}),
+    "staircase": ("lr_schedule", {"exponential"}),
+    "plateau_patience": ("lr_schedule", {"plateau"}),
+}
+_MODE_KEYS = ("clip_mode", "lr_schedule")
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where write_report put each file (local paths, or URIs for remote storage)."""
+
+    folder: str
+    trials: str
+    epochs: str
+    comparison: str
+    summary: str
+    plots: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One axis of the comparison: a varied setting, or a `cases` group whose keys vary together."""
+
+    name: str  # the setting, or the cases label ("clip")
+    keys: tuple[str, ...]
+    is_case: bool = False
+
+
+@dataclass
+class Experiment:
+    """What the report knows about one experiment."""
+
+    location: _Location
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    study: dict[str, Any]  # study.json, {} when absent
+    factors: list[Factor]
+    errors: dict[str, str]  # trial_id -> last line of its error file
+
+
+def format_value(value: Any) -> str:
+    """A setting as the report prints it: inf is 'none' (no clipping), 5.0 is '5'."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        value = float(value)
+        if math.isinf(value):
+            return "none" if value > 0 else "-inf"
+        return f"{value:g}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class _Location:
+    """An experiment folder on some filesystem; `local` when it is on this machine."""
+
+    given: str
+    fs: pafs.FileSystem
+    root: str
+    local: Path | None
+
+    def show(self, name: str) -> str:
+        return str(self.local / name) if self.local else f"{self.given.rstrip('/')}/{name}"
+
+    def read_text(self, name: str) -> str | None:
+        path = f"{self.root}/{name}"
+        if self.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self.fs.open_input_stream(path) as stream:
+            return stream.readall().decode("utf-8", errors="replace")
+
+
+def _locate(experiment_dir: str | os.PathLike) -> _Location:
+    """Check that the folder holds a Ray experiment; each way it can fail is a one-line UsageError."""
+    given = str(experiment_dir)
+    try:
+        if "://" in given:
+            fs, root = pafs.FileSystem.from_uri(given)
+        else:
+            fs, root = pafs.LocalFileSystem(), Path(given).expanduser().resolve().as_posix()
+        info = fs.get_file_info(root)
+        entries = fs.get_file_info(pafs.FileSelector(root)) if info.type == pafs.FileType.Directory else []
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise UsageError(f"{given}: cannot open ({str(error).splitlines()[0]}), {EXPECTED}") from None
+    if info.type == pafs.FileType.NotFound:
+        raise UsageError(f"{given}: no such folder, {EXPECTED}")
+    if info.type != pafs.FileType.Directory:
+        raise UsageError(f"{given}: not a folder, {EXPECTED}")
+    if not entries:
+        raise UsageError(f"{given}: the folder is empty, {EXPECTED}")
+    if not any(_is_state_file(entry.base_name) for entry in entries):
+        inside = [
+            entry.base_name for entry in entries
+            if entry.type == pafs.FileType.Directory
+            and any(_is_state_file(e.base_name) for e in fs.get_file_info(pafs.FileSelector(entry.path)))
+        ]
+        hint = f"; experiments inside it: {', '.join(sorted(inside))}" if inside else ""
+        raise UsageError(f"{given}: no Ray Tune experiment state (experiment_state-*.json) here, {EXPECTED}{hint}")
+    local = Path(root) if isinstance(fs, pafs.LocalFileSystem) else None
+    return _Location(given, fs, root, local)
+
+
+def _is_state_file(name: str) -> bool:
+    return name.startswith("experiment_state") and name.endswith(".json")
+
+
+def collect(experiment_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The experiment's (trials, epochs) tables, as trials.parquet and epochs.parquet hold them."""
+    experiment = load_experiment(experiment_dir)
+    return experiment.trials, experiment.epochs
+
+
+def load_experiment(experiment_dir: str | os.PathLike) -> Experiment:
+    location = _locate(experiment_dir)
+    study_text = location.read_text(STUDY_FILE)
+    try:
+        study_info = json.loads(study_text) if study_text is not None else {}
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{location.show(STUDY_FILE)}: not valid JSON ({error}), expected the file study.sweep writes") from None
+
+    analysis = _analysis(location)
+    rows, frames, groups, errors = [], [], {}, {}
+    for trial in sorted(analysis.trials, key=lambda t: t.trial_id):
+        config, trial_groups = flatten_config(trial.config)
+        for label, keys in trial_groups.items():
+            groups.setdefault(label, list(dict.fromkeys([*groups.get(label, []), *keys])))
+        history = _history(analysis, trial, location)
+        frames.append(history.assign(trial_id=trial.trial_id))
+        rows.append((trial, config, history))
+        if trial.status == "ERROR":
+            errors[trial.trial_id] = _error_line(trial, location)
+    if not rows:
+        raise UsageError(f"{location.given}: the experiment has no trials yet, {EXPECTED}")
+
+    epochs_expected = study_info.get("epochs")
+    trials = pd.DataFrame([_trial_row(trial, config, history, epochs_expected) for trial, config, history in rows])
+    if epochs_expected is None and "epochs" not in trials:  # no epoch count known: the longest run is "all"
+        shorter = (trials["status"] == "completed") & (trials["epochs_run"] < trials["epochs_run"].max())
+        trials.loc[shorter, "status"] = "stopped_early"
+    trials = _order_trial_columns(trials)
+
+    varied = _varied_keys(trials, study_info)
+    factors = _factors(varied, groups)
+    epochs = _epoch_table(frames, trials, varied)
+    return Experiment(location, trials, epochs, study_info, factors, errors)
+
+
+def _analysis(location: _Location):
+    from ray.tune import ExperimentAnalysis  # imports most of Ray Tune: only when a report is made
+
+    # Ray warns for every trial without a result file; pending trials have none, which is no news.
+    ray_logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = ray_logger.level
+    ray_logger.setLevel(logging.ERROR)
+    try:
+        return ExperimentAnalysis(location.root, storage_filesystem=location.fs)
+    except (ValueError, KeyError) as error:  # an unreadable state file
+        raise UsageError(f"{location.given}: cannot read Ray's experiment state ({str(error).splitlines()[0]}), {EXPECTED}") from None
+    finally:
+        ray_logger.setLevel(level)
+
+
+def flatten_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Ray's trial config with each `cases` group (a dict under a label) merged into the top level.
+    Returns the flat config and {label: the keys its group sets}."""
+    flat = {key: _scalar(value) for key, value in config.items() if not isinstance(value, dict)}
+    groups = {}
+    for label, group in config.items():
+        if isinstance(group, dict):
+            groups[label] = list(group)
+            flat.update({key: _scalar(value) for key, value in group.items()})  # a case overrides a plain value
+    return flat, groups
+
+
+def _scalar(value: Any) -> Any:
+    """A value a Parquet column and a groupby can hold: lists and the like become JSON text."""
+    return value if value is None or isinstance(value, (bool, int, float, str, np.generic)) else json.dumps(value, default=str)
+
+
+def _history(analysis, trial, location: _Location) -> pd.DataFrame:
+    """The trial's reports, one row per epoch, the last report of an epoch winning (a resumed
+    trial re-reports the epochs after its last checkpoint)."""
+    frame = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
+    if frame.empty:
+        frame = _read_results_tolerantly(trial, location)
+    if frame.empty:
+        return pd.DataFrame({name: pd.Series(dtype=float) for name in PER_EPOCH})
+    if m.EPOCH not in frame and "training_iteration" in frame:
+        frame = frame.assign(**{m.EPOCH: frame["training_iteration"]})
+    for name in PER_EPOCH:
+        if name not in frame:
+            frame[name] = np.nan
+    frame = frame.drop_duplicates(m.EPOCH, keep="last").sort_values(m.EPOCH, kind="stable")
+    keep = [*PER_EPOCH, *(name for name in ("node_id",) if name in frame)]
+    return frame[keep].reset_index(drop=True)
+
+
+def _read_results_tolerantly(trial, location: _Location) -> pd.DataFrame:
+    """result.json read line by line, for when Ray's reader gave up: a worker killed mid-write
+    leaves a torn last line, which costs that line, not the trial's whole history."""
+    path = f"{trial.storage.trial_fs_path}/result.json"
+    try:
+        with location.fs.open_input_stream(path) as stream:
+            lines = stream.readall().decode("utf-8", errors="replace").splitlines()
+    except (OSError, pa.ArrowException):
+        return pd.DataFrame()
+    rows = []
+    for line in lines:
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return pd.json_normalize(rows, sep="/") if rows else pd.DataFrame()
+
+
+def _error_line(trial, location: _Location) -> str:
+    name = trial.run_metadata.error_filename
+    if not name:
+        return "(no error file)"
+    with contextlib.suppress(OSError, pa.ArrowException):
+        with location.fs.open_input_stream(f"{trial.storage.trial_fs_path}/{name}") as stream:
+            lines = [line for line in stream.readall().decode("utf-8", errors="replace").splitlines() if line.strip()]
+            return lines[-1].strip() if lines else "(empty error file)"
+    return f"(see {name})"
+
+
+def _trial_row(trial, config: dict[str, Any], history: pd.DataFrame, epochs_expected: int | None) -> dict[str, Any]:
+    valid = history[m.VALID_PPL].astype(float)
+    finite = valid[np.isfinite(valid)]
+    epochs_run = int(history[m.EPOCH].max()) if len(history) else 0
+    diverged = bool(history[m.DIVERGED].fillna(False).astype(bool).any()) if len(history) else False
+    expected = config.get("epochs", epochs_expected)
+    status = trial_status(trial.status, epochs_run, expected, diverged)
+    seconds = history[m.EPOCH_SECONDS].sum(min_count=1)
+    if pd.isna(seconds):
+        seconds = (trial.last_result or {}).get("time_total_s", np.nan)
+    test = history[m.TEST_PPL].dropna()
+    return {
+        "trial_id": trial.trial_id,
+        "status": status,
+        **config,
+        "epochs_run": epochs_run,
+        "best_valid_ppl": float(finite.min()) if len(finite) else np.nan,
+        "final_valid_ppl": float(valid.iloc[-1]) if len(valid) else np.nan,
+        "best_epoch": int(history.loc[finite.idxmin(), m.EPOCH]) if len(finite) else pd.NA,
+        "test_ppl": float(test.iloc[-1]) if status == "completed" and len(test) else np.nan,
+        "seconds": float(seconds),
+    }
+
+
+def trial_status(ray_status: str, epochs_run: int, epochs_expected: int | None, diverged: bool) -> str:
+    """One of STATUSES. Ray writes a running trial into its state as PENDING, so a PENDING trial
+    with reports is `running` (started, not finished), one without is `pending`."""
+    if ray_status == "ERROR":
+        return "error"
+    if diverged:
+        return "diverged"
+    if ray_status == "RUNNING" or (ray_status in ("PENDING", "PAUSED") and epochs_run):
+        return "running"
+    if ray_status in ("PENDING", "PAUSED"):
+        return "pending"
+    if epochs_expected is None or epochs_run >= epochs_expected:
+        return "completed"
+    return "stopped_early"
+
+
+def _order_trial_columns(trials: pd.DataFrame) -> pd.DataFrame:
+    results = ["epochs_run", "best_valid_ppl", "final_valid_ppl", "best_epoch", "test_ppl", "seconds"]
+    config = [c for c in trials.columns if c not in ("trial_id", "status", *results)]
+    trials = trials[["trial_id", "status", *config, *results]].copy()
+    trials["best_epoch"] = trials["best_epoch"].astype("Int64")
+    return trials
+
+
+def _varied_keys(trials: pd.DataFrame, study_info: dict[str, Any]) -> list[str]:
+    """The settings that differ between trials: study.json's list, else inferred from the configs."""
+    if study_info.get("varied") is not None:
+        return [key for key in study_info["varied"] if key in trials]
+    results = {"trial_id", "status", "epochs_run", "best_valid_ppl", "final_valid_ppl", "best_epoch", "test_ppl", "seconds"}
+    return [c for c in trials.columns if c not in results and trials[c].nunique(dropna=False) > 1]
+
+
+def _factors(varied: list[str], groups: dict[str, list[str]]) -> list[Factor]:
+    """The comparison's axes: every varied setting but seed, the keys of one cases group as one axis."""
+    factors, seen = [], set()
+    for key in varied:
+        if key == SEED or key in seen:
+            continue
+        label = next((label for label, keys in groups.items() if key in keys), None)
+        if label is None:
+            factors.append(Factor(key, (key,)))
+            seen.add(key)
+        else:
+            keys = tuple(k for k in groups[label] if k in varied and k != SEED)
+            factors.append(Factor(label, keys, is_case=True))
+            seen.update(keys)
+    return factors
+
+
+def _epoch_table(frames: list[pd.DataFrame], trials: pd.DataFrame, varied: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    columns = ["trial_id", *varied, *PER_EPOCH]
+    if not frames:
+        return pd.DataFrame({c: trials[c].iloc[:0] if c in trials else pd.Series(dtype=float) for c in columns})
+    epochs = pd.concat(frames, ignore_index=True)
+    epochs = epochs.merge(trials[["trial_id", *varied]], on="trial_id", how="left")
+    extra = [c for c in ("node_id",) if c in epochs]
+    epochs = epochs[[*columns, *extra]].sort_values(["trial_id", m.EPOCH], kind="stable").reset_index(drop=True)
+    epochs[m.EPOCH] = epochs[m.EPOCH].astype(int)
+    epochs[m.DIVERGED] = epochs[m.DIVERGED].fillna(False).astype(bool)
+    return epochs
+
+
+def setting_keys(factors: list[Factor]) -> list[str]:
+    return [key for factor in factors for key in factor.keys]
+
+
+def factor_label(factor: Factor, row: pd.Series | dict[str, Any], bare: bool = True) -> str:
+    """How one axis value is printed: '5', 'none' (inf); a case as 'value (max_grad_norm=1.7)'.
+    With bare=False a plain setting is 'key=value'."""
+    if not factor.is_case:
+        text = format_value(row[factor.keys[0]])
+        return text if bare else f"{factor.keys[0]}={text}"
+    head, rest = [], []
+    for key in factor.keys:
+        mode_key, modes = _ONLY_FOR.get(key, (None, None))
+        if mode_key in row and row[mode_key] not in modes:
+            continue
+        if key in _MODE_KEYS:
+            head.append(str(row[key]))
+        else:
+            rest.append(f"{key}={format_value(row[key])}")
+    if head:
+        return " ".join(head) + (f" ({', '.join(rest)})" if rest else "")
+    return ", ".join(rest) or "(default)"
+
+
+def setting_label(factors: list[Factor], row: pd.Series | dict[str, Any]) -> str:
+    return ", ".join(factor_label(f, row, bare=False) for f in factors) or "all trials"
+
+
+def interval(values: pd.Series) -> tuple[int, float, float, float, float]:
+    """(n, mean, std, ci95_low, ci95_high) of the finite values: Student's t, NaN interval when n < 2."""
+    values = values.astype(float)
+    values = values[np.isfinite(values)]
+    n = len(values)
+    if n == 0:
+        return 0, np.nan, np.nan, np.nan, np.nan
+    mean = float(values.mean())
+    if n < 2:
+        return 1, mean, np.nan, np.nan, np.nan
+    std = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return n, mean, std, mean - half, mean + half
+
+
+def compare(trials: pd.DataFrame, factors: list[Factor]) -> pd.DataFrame:
+    """One row per setting (the factors' keys, seeds pooled), in the factors' order."""
+    keys = setting_keys(factors)
+    grouped = trials.groupby(keys, dropna=False, sort=False) if keys else [((), trials)]
+    rows = []
+    for _, group in grouped:
+        first = group.iloc[0]
+        ranked = group[group["status"].isin(RANKED)]
+        completed = group[group["status"] == "completed"]
+        row = {key: first[key] for key in keys}
+        row["setting"] = setting_label(factors, first)
+        row["n_trials"] = len(group)
+        row["n_seeds"] = int(group[SEED].nunique()) if SEED in group else len(group)
+        for name, count, subset in (("best_valid_ppl", "n_valid", ranked), ("test_ppl", "n_test", completed)):
+            n, mean, std, low, high = interval(subset[name])
+            row[count] = n
+            row.update({f"{name}_mean": mean, f"{name}_std": std, f"{name}_ci95_low": low, f"{name}_ci95_high": high})
+        row["epochs_run_mean"] = float(group["epochs_run"].mean())
+        for status in ("completed", "stopped_early", "diverged", "error"):
+            row[f"n_{status}"] = int((group["status"] == status).sum())
+        row["n_unfinished"] = int(group["status"].isin(UNFINISHED).sum())
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return _sort(table, factors)
+
+
+def _ranks(frame: pd.DataFrame, factor: Factor) -> pd.Series:
+    """Each row's place on the factor's axis: numbers ascending (none last), else order of appearance."""
+    values = frame[factor.keys[0]]
+    if not factor.is_case and pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.astype(float)
+    labels = pd.Series([factor_label(factor, row) for _, row in frame.iterrows()], index=frame.index)
+    first = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+    return labels.map(first).astype(float)
+
+
+def _sort(frame: pd.DataFrame, factors: list[Factor]) -> pd.DataFrame:
+    """`frame` ordered by the factors in turn (the first the slowest)."""
+    if not factors or frame.empty:
+        return frame.reset_index(drop=True)
+    ranks = pd.DataFrame({i: _ranks(frame, f) for i, f in enumerate(factors)}, index=frame.index)
+    order = ranks.sort_values(list(ranks.columns), kind="stable").index
+    return frame.loc[order].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Pivot:
+    """The comparison laid out as a grid: one factor down, the others across."""
+
+    rows: Factor | None
+    columns: list[Factor]
+    row_title: str
+    column_title: str
+    frame: pd.DataFrame  # the comparison, ordered rows first, with "_row" and "_col" labels
+
+    def grid(self, value: str) -> pd.DataFrame:
+        table = self.frame.pivot(index="_row", columns="_col", values=value)
+        return table.reindex(index=list(dict.fromkeys(self.frame["_row"])), columns=self.column_order())
+
+    def column_order(self) -> list[str]:
+        ordered = _sort(self.frame, self.columns) if self.columns else self.frame
+        return list(dict.fromkeys(ordered["_col"]))
+
+
+def pivot(comparison: pd.DataFrame, factors: list[Factor]) -> Pivot:
+    """max_grad_norm down (when it varies on its own), else the first factor; the rest across."""
+    rows = next((f for f in factors if f.name == "max_grad_norm"), factors[0] if factors else None)
+    columns = [f for f in factors if f is not rows]
+    frame = _sort(comparison, [f for f in (rows, *columns) if f is not None])
+    frame["_row"] = [factor_label(rows, r) if rows else "all trials" for _, r in frame.iterrows()]
+    frame["_col"] = [
+        ", ".join(factor_label(f, r, bare=len(columns) == 1) for f in columns) or "mean" for _, r in frame.iterrows()
+    ]
+    return Pivot(rows, columns, rows.name if rows else "", ", ".join(f.name for f in columns), frame)
+
+
+def provenance(experiment: Experiment) -> dict[str, Any]:
+    """What produced the tables: the study's space file and data, the code and library versions."""
+    study_info = experiment.study
+    described = _space_description(study_info.get("space_text"))
+    versions = study_info.get("versions") or {
+        "study": study.__version__,
+        "torch": _version("torch"),
+        "ray": _version("ray"),
+        "python": platform.python_version(),
+        "pandas": pd.__version__,
+    }
+    return {
+        "experiment": experiment.location.given,
+        "space": study_info.get("space"),
+        "description": described,
+        "preset": study_info.get("preset"),
+        "epochs": study_info.get("epochs"),
+        "varied": study_info.get("varied"),
+        "trials": len(experiment.trials),
+        "space_text": study_info.get("space_text"),
+        "data_sha256": study_info.get("data_sha256"),
+        "versions": versions,
+        "versions_from": "study.json (sweep time)" if study_info.get("versions") else "report time",
+        "git_commit": study_info.get("git_commit") or _git_commit(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    """HEAD of the checkout the study code runs from (else of the current folder); None without git."""
+    for folder in (Path(study.__file__).resolve().parent, Path.cwd()):
+        try:
+            done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if done.returncode == 0:
+            return done.stdout.strip()
+    return None
+
+
+def _space_description(space_text: str | None) -> str | None:
+    if not space_text:
+        return None
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(space_text)
+    except yaml.YAMLError:
+        return None
+    description = parsed.get("description") if isinstance(parsed, dict) else None
+    return " ".join(str(description).split()) if description else None
+
+
+def write_report(experiment_dir: str, *, quiet: bool = False) -> ReportPaths:
+    """Refresh every report file of the experiment; each replaces its previous version whole."""
+    experiment = load_experiment(experiment_dir)
+    location = experiment.location
+    comparison = compare(experiment.trials, experiment.factors)
+    grid = pivot(comparison, experiment.factors)
+    prov = provenance(experiment)
+    with _staging(location) as stage:
+        write_table(experiment.trials, stage / TRIALS, prov)
+        write_table(experiment.epochs, stage / EPOCHS, prov)
+        write_table(comparison, stage / COMPARISON, prov)
+        pictures = plots.write_all(stage, _plot_data(experiment, comparison, grid))
+        text = summary(experiment, comparison, grid, pictures)
+        _write_text(stage / SUMMARY, text)
+        names = [TRIALS, EPOCHS, COMPARISON, *pictures.values(), SUMMARY]  # the summary last: it links the rest
+        _publish(stage, names, location)
+    paths = ReportPaths(
+        folder=location.show("").rstrip("/"),
+        trials=location.show(TRIALS), epochs=location.show(EPOCHS), comparison=location.show(COMPARISON),
+        summary=location.show(SUMMARY), plots={kind: location.show(name) for kind, name in pictures.items()},
+    )
+    if not quiet:
+        print("\n".join(text.split("\n\n")[1:3]).replace("**", ""))
+        print(f"Report: {paths.summary} (tables {TRIALS}, {EPOCHS}, {COMPARISON}; {len(pictures)} plots)")
+    return paths
+
+
+@contextlib.contextmanager
+def _staging(location: _Location):
+    """A fresh folder to write the report into: inside the experiment when it is local (so that
+    the final renames stay on one filesystem), else a local temporary folder. Removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix=".report-", dir=location.local))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _publish(stage: Path, names: list[str], location: _Location) -> None:
+    """Move each finished file into place: a rename locally, one whole-object upload elsewhere
+    (object stores make an upload visible only once it is complete)."""
+    for name in names:
+        if location.local is not None:
+            os.replace(stage / name, location.local / name)
+        else:
+            pafs.copy_files(str(stage / name), f"{location.root}/{name}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=location.fs)
+
+
+def _write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) -> plots.PlotData:
+    factors, epochs, trials = experiment.factors, experiment.epochs, experiment.trials
+    colour = grid.rows  # max_grad_norm where it varies on its own
+    panels = grid.columns if 1 <= len(grid.columns) and grid.frame["_col"].nunique() <= 6 else []
+    lines = epochs[["trial_id", m.EPOCH, m.VALID_PPL, m.DIVERGED, m.GRAD_NORM_P50, m.GRAD_NORM_P90, m.CLIP_FRACTION]].copy()
+    colour_of = {row["trial_id"]: factor_label(colour, row) if colour else "all" for _, row in trials.iterrows()}
+    panel_of = {
+        row["trial_id"]: ", ".join(factor_label(f, row, bare=len(panels) == 1) for f in panels) for _, row in trials.iterrows()
+    }
+    lines["colour"] = lines["trial_id"].map(colour_of)
+    lines["panel"] = lines["trial_id"].map(panel_of)
+    colour_order = list(dict.fromkeys(grid.frame["_row"])) if colour else ["all"]
+    thresholds = {}
+    if colour is not None and colour.name == "max_grad_norm" and not colour.is_case:
+        modes = set(trials["clip_mode"]) if "clip_mode" in trials else {"global_norm"}
+        if modes == {"global_norm"}:  # a norm threshold is comparable with the global norm only
+            thresholds = {format_value(v): float(v) for v in trials["max_grad_norm"].unique() if math.isfinite(v)}
+    numeric_x = colour is not None and not colour.is_case and pd.api.types.is_numeric_dtype(comparison[colour.keys[0]])
+    return plots.PlotData(
+        grid_mean=grid.grid("best_valid_ppl_mean"),
+        grid_low=grid.grid("best_valid_ppl_ci95_low"),
+        grid_high=grid.grid("best_valid_ppl_ci95_high"),
+        grid_diverged=grid.grid("n_diverged"),
+        grid_trials=grid.grid("n_trials"),
+        row_title=grid.row_title or "setting",
+        column_title=grid.column_title,
+        study=experiment.study.get("space") or Path(experiment.location.root).name,
+        epochs=lines,
+        colour_title=colour.name if colour else "",
+        colour_order=colour_order,
+        panel_order=grid.column_order() if panels else [""],
+        panel_title=", ".join(f.name for f in panels),
+        thresholds=thresholds,
+        test=grid.frame.assign(x=grid.frame[colour.keys[0]] if numeric_x else grid.frame["_row"]),
+        colour_numeric=numeric_x,
+    )
+
+
+def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictures: dict[str, str]) -> str:
+    """summary.md: the answer in the first lines, then the evidence."""
+    trials, info = experiment.trials, experiment.study
+    name = info.get("space") or Path(experiment.location.root).name
+    counts = trials["status"].value_counts()
+    n = len(trials)
+    epochs_each = info.get("epochs") or (int(trials["epochs"].max()) if "epochs" in trials else int(trials["epochs_run"].max()))
+    trained = int(trials["epochs_run"].sum())
+    hours = trials["seconds"].sum() / 3600
+    seeds = trials[SEED].nunique() if SEED in trials else 1
+    description = _space_description(info.get("space_text"))
+
+    lines = [f"# Study {name}" + (f": {description}" if description else "")]
+    studied = [f"space `{name}`" if info.get("space") else f"experiment `{name}`"]
+    studied += [f"preset {info['preset']}"] if info.get("preset") else []
+    studied += [
+        f"{epochs_each} epochs per trial",
+        f"{n} trials ({len(comparison)} setting{'s' if len(comparison) != 1 else ''} x {seeds} seed{'s' if seeds != 1 else ''})",
+    ]
+    lines.append(
+        "Studied: " + ", ".join(studied) + f". Budget: {trained} of {n * epochs_each} epochs trained, "
+        f"{hours:.2f} h of trial time. Status: "
+        + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in STATUSES if counts.get(s, 0)) + "."
+    )
+    lines.append(_answer(comparison))
+    notes = _notes(trials, comparison, experiment)
+    if notes:
+        lines.append("\n".join(f"> {note}" for note in notes))
+
+    axis = f"{grid.row_title} x {grid.column_title}" if grid.columns else grid.row_title or "setting"
+    lines.append(f"## Best validation perplexity by {axis}")
+    lines.append(
+        "Mean over seeds of each trial's lowest validation perplexity, ± the half-width of the 95% Student-t "
+        "interval (none with fewer than two trials); diverged trials are left out and counted in brackets."
+    )
+    lines.append(_markdown_grid(grid, "best_valid_ppl"))
+    lines.append("## Test perplexity (completed trials)")
+    lines.append(_markdown_grid(grid, "test_ppl"))
+    lines.append("## Divergence")
+    lines.append(_divergence(comparison, trials))
+    if experiment.errors:
+        lines.append("## Errors")
+        lines.append("\n".join(f"- `{tid}`: {line}" for tid, line in experiment.errors.items()))
+    lines.append("## Plots")
+    captions = {
+        "heatmap": "Mean best validation perplexity per setting",
+        "valid_curves": "Validation perplexity by epoch, one line per trial",
+        "grad_norms": "Gradient norm before clipping and share of steps clipped, by epoch",
+        "test_ppl": "Test perplexity with 95% intervals",
+    }
+    lines.append("\n\n".join(f"![{captions.get(kind, kind)}]({file})" for kind, file in pictures.items()))
+    lines.append("## How the numbers are made")
+    lines.append(
+        "- Status: `completed` trained all epochs; `stopped_early` ASHA stopped it sooner; `diverged` its loss "
+        "became NaN or infinite; `error` Ray marked it failed; `running` started but not finished; `pending` not started.\n"
+        "- Validation statistics pool a setting's completed and stopped-early trials (a stopped trial with the best "
+        "perplexity it reached); test statistics use completed trials only. `none` as max_grad_norm means no clipping.\n"
+        f"- Tables: `{TRIALS}`, `{EPOCHS}`, `{COMPARISON}` in this folder; their provenance: "
+        f"`python -m study.report {experiment.location.given} --provenance`."
+    )
+    return "\n\n".join(lines) + "\n"
+
+
+def _answer(comparison: pd.DataFrame) -> str:
+    ranked = comparison[comparison["n_valid"] > 0].sort_values("best_valid_ppl_mean", kind="stable")
+    if ranked.empty:
+        return "**No answer yet**: no trial has finished without diverging."
+    best = ranked.iloc[0]
+    text = f"**Best: {best['setting']}**, mean best validation perplexity {_with_interval(best, 'best_valid_ppl')}"
+    if best["n_test"]:
+        text += f"; test perplexity {_with_interval(best, 'test_ppl')}"
+    text += "."
+    others = ranked.iloc[1:]
+    if math.isnan(best["best_valid_ppl_ci95_high"]):
+        nearest = ", ".join(f"{r['setting']} ({r['best_valid_ppl_mean']:.1f})" for _, r in others.head(3).iterrows())
+        return text + (f" No interval to judge the runners-up by; next by mean: {nearest}." if nearest else "")
+    overlapping = others[others["best_valid_ppl_ci95_low"] <= best["best_valid_ppl_ci95_high"]]
+    if overlapping.empty:
+        return text + " No other setting's interval overlaps it."
+    listed = ", ".join(f"{r['setting']} ({_with_interval(r, 'best_valid_ppl')})" for _, r in overlapping.head(5).iterrows())
+    more = f", and {len(overlapping) - 5} more" if len(overlapping) > 5 else ""
+    return text + f" Not distinguishable from it (intervals overlap): {listed}{more}."
+
+
+def _with_interval(row: pd.Series, name: str) -> str:
+    n = row[f"n_{'valid' if name == 'best_valid_ppl' else 'test'}"]
+    if math.isnan(row[f"{name}_ci95_low"]):
+        return f"{row[f'{name}_mean']:.1f} (n={n}, no interval)"
+    return f"{row[f'{name}_mean']:.1f} [95% CI {row[f'{name}_ci95_low']:.1f}, {row[f'{name}_ci95_high']:.1f}], n={n}"
+
+
+def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experiment) -> list[str]:
+    notes = []
+    running, pending = (int((trials["status"] == s).sum()) for s in UNFINISHED)
+    if running or pending:
+        notes.append(
+            f"**Partial experiment**: {running} trial(s) started but not finished, {pending} not started; "
+            "they are left out of every statistic. Continue it with `python -m study.sweep <space> --resume`, "
+            "which refreshes this report."
+        )
+    if comparison["n_valid"].max() < 2:
+        notes.append(
+            "**One trial per setting**: no confidence intervals, so differences may be seed noise; "
+            "run more seeds (`--seeds 0 1 2`) to tell."
+        )
+    if not experiment.study:
+        notes.append(f"No {STUDY_FILE} in the folder: the varied settings were inferred from the trial configs.")
+    return notes
+
+
+def _cell(row: pd.Series, name: str) -> str:
+    mean, low, high = row[f"{name}_mean"], row[f"{name}_ci95_low"], row[f"{name}_ci95_high"]
+    text = "–" if math.isnan(mean) else f"{mean:.1f}" if math.isnan(low) else f"{mean:.1f} ± {(high - low) / 2:.1f}"
+    if name == "best_valid_ppl" and row["n_diverged"]:
+        text += f" ({row['n_diverged']}/{row['n_trials']} diverged)"
+    if row["n_unfinished"]:
+        text += f" ({row['n_unfinished']} unfinished)"
+    return text
+
+
+def _markdown_grid(grid: Pivot, name: str) -> str:
+    cells = grid.frame.assign(_cell=[_cell(row, name) for _, row in grid.frame.iterrows()])
+    table = cells.pivot(index="_row", columns="_col", values="_cell")
+    table = table.reindex(index=list(dict.fromkeys(cells["_row"])), columns=grid.column_order())
+    corner = f"{grid.row_title} \\ {grid.column_title}" if grid.columns else grid.row_title or "setting"
+    header = [corner, *map(str, table.columns)]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, row in table.iterrows():
+        out.append("| " + " | ".join([str(label), *(v if isinstance(v, str) else "" for v in row)]) + " |")
+    return "\n".join(out)
+
+
+def _divergence(comparison: pd.DataFrame, trials: pd.DataFrame) -> str:
+    total = int((trials["status"] == "diverged").sum())
+    if not total:
+        return "No trial diverged."
+    hit = comparison[comparison["n_diverged"] > 0]
+    listed = "\n".join(f"- {r['setting']}: {r['n_diverged']} of {r['n_trials']}" for _, r in hit.iterrows())
+    return f"{total} of {len(trials)} trials diverged (loss NaN or infinite; they stop at once):\n\n{listed}"
+
+
+def print_provenance(target: str) -> None:
+    """Print the provenance of a report table (a .parquet file, or trials.parquet of a folder)."""
+    path = Path(target)
+    table = path if path.suffix == ".parquet" else path / TRIALS
+    if not table.is_file():
+        raise UsageError(f"{table}: no such table, expected a report table: run `python -m study.report {target}` first")
+    try:
+        prov = read_provenance(table)
+    except (pa.ArrowException, OSError, json.JSONDecodeError) as error:
+        raise UsageError(f"{table}: not a readable Parquet table ({str(error).splitlines()[0]})") from None
+    if not prov:
+        raise UsageError(f"{table}: the table carries no provenance, expected a table written by study.report")
+    print(format_provenance(prov))
+
+
+def format_provenance(prov: dict[str, Any]) -> str:
+    lines = []
+    for key, value in prov.items():
+        if key == "space_text":
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value))
+        lines.append(f"{key}: {value}")
+    if prov.get("space_text"):
+        lines.append("space file:")
+        lines.extend("    " + line for line in prov["space_text"].rstrip("\n").splitlines())
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m study.report", allow_abbrev=False, description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", help="the experiment folder, <storage>/<study> (a path or a URI such as s3://bucket/results/grad_clip)")
+    parser.add_argument("--provenance", action="store_true", help="print the provenance stored in the report's tables instead of refreshing them")
+    parser.add_argument("--quiet", action="store_true", help="print nothing when the report is written")
+    return parser.parse_args(argv)
+
+
+@main_with_errors
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.provenance:
+        print_provenance(args.experiment)
+    else:
+        write_report(args.experiment, quiet=args.quiet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
