@@ -125,7 +125,7 @@ def _no_data(axes, what: str) -> None:
 
 def valid_curves(data: PlotData) -> Figure:
     panels = data.panel_order or [""]
-    columns = min(len(panels), 3)
+    columns = 2 if len(panels) == 4 else min(len(panels), 3)
     rows = math.ceil(len(panels) / columns)
     figure = Figure(figsize=(max(6.5, 4.2 * columns + 0.8), 3.4 * rows + 1.3), layout="constrained")
     grid = figure.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
@@ -249,14 +249,36 @@ def test_ppl(data: PlotData) -> Figure:
 
 
 def _log_y(axes, values: pd.Series) -> None:
-    """A log y axis labelled with plain numbers (90, 100, 200), also when it spans less than a decade."""
+    """A log y axis with 4 to 9 plain-number ticks (120, 150, 200, 300), however narrow its range."""
     values = values.astype(float)
     values = values[np.isfinite(values) & (values > 0)]
     axes.set_yscale("log")
-    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    axes.yaxis.set_major_formatter(plain)
-    narrow = len(values) and values.max() / values.min() < 20
-    axes.yaxis.set_minor_formatter(plain if narrow else ticker.NullFormatter())
+    if values.empty:
+        return
+    low, high = values.min(), values.max()
+    ticks = []
+    for steps in _TICK_STEPS:
+        ticks = [
+            step * 10.0 ** power
+            for power in range(math.floor(math.log10(low)), math.floor(math.log10(high)) + 1)
+            for step in steps
+            if low <= step * 10.0 ** power <= high
+        ]
+        if len(ticks) >= 4:
+            break
+    ticks = ticks[:: math.ceil(len(ticks) / 9)] if ticks else ticks
+    axes.yaxis.set_major_locator(ticker.FixedLocator(ticks))
+    axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axes.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+# Tick values per decade, coarse to fine: the first that puts 4 ticks in the range is used.
+_TICK_STEPS = (
+    (1,), (1, 2, 5), (1, 2, 3, 5, 7), (1, 1.5, 2, 3, 4, 5, 6, 8),
+    (1, 1.2, 1.4, 1.6, 1.8, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 9),
+    tuple(round(1 + 0.1 * i, 1) for i in range(90)),
+    tuple(round(1 + 0.02 * i, 2) for i in range(450)),
+)
 
 
 def _errorbars(axes, x: np.ndarray, part: pd.DataFrame, colour, label: str, connect: bool = True) -> None:

@@ -145,14 +145,18 @@ class _Location:
             return stream.readall().decode("utf-8", errors="replace")
 
 
-def _locate(experiment_dir: str | os.PathLike) -> _Location:
+def _filesystem(target: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and path of a local path or a URI (file://, s3://, gs://, ...)."""
+    if "://" in target:
+        return pafs.FileSystem.from_uri(target)
+    return pafs.LocalFileSystem(), Path(target).expanduser().resolve().as_posix()
+
+
+def _locate(experiment_dir: str | os.PathLike, storage_filesystem: pafs.FileSystem | None = None) -> _Location:
     """Check that the folder holds a Ray experiment; each way it can fail is a one-line UsageError."""
     given = str(experiment_dir)
     try:
-        if "://" in given:
-            fs, root = pafs.FileSystem.from_uri(given)
-        else:
-            fs, root = pafs.LocalFileSystem(), Path(given).expanduser().resolve().as_posix()
+        fs, root = (storage_filesystem, given.rstrip("/")) if storage_filesystem else _filesystem(given)
         info = fs.get_file_info(root)
         entries = fs.get_file_info(pafs.FileSelector(root)) if info.type == pafs.FileType.Directory else []
     except (pa.ArrowException, OSError, ValueError) as error:
@@ -179,14 +183,15 @@ def _is_state_file(name: str) -> bool:
     return name.startswith("experiment_state") and name.endswith(".json")
 
 
-def collect(experiment_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The experiment's (trials, epochs) tables, as trials.parquet and epochs.parquet hold them."""
-    experiment = load_experiment(experiment_dir)
+def collect(experiment_dir: str, *, storage_filesystem: pafs.FileSystem | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The experiment's (trials, epochs) tables, as trials.parquet and epochs.parquet hold them.
+    `storage_filesystem`: as Ray's RunConfig's, for storage no URI describes (then the path is on it)."""
+    experiment = load_experiment(experiment_dir, storage_filesystem=storage_filesystem)
     return experiment.trials, experiment.epochs
 
 
-def load_experiment(experiment_dir: str | os.PathLike) -> Experiment:
-    location = _locate(experiment_dir)
+def load_experiment(experiment_dir: str | os.PathLike, *, storage_filesystem: pafs.FileSystem | None = None) -> Experiment:
+    location = _locate(experiment_dir, storage_filesystem)
     study_text = location.read_text(STUDY_FILE)
     try:
         study_info = json.loads(study_text) if study_text is not None else {}
@@ -526,7 +531,7 @@ def provenance(experiment: Experiment) -> dict[str, Any]:
         "data_sha256": study_info.get("data_sha256"),
         "versions": versions,
         "versions_from": "study.json (sweep time)" if study_info.get("versions") else "report time",
-        "git_commit": study_info.get("git_commit") or _git_commit(),
+        **({"git_commit": study_info["git_commit"]} if study_info.get("git_commit") else _git_state()),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -538,16 +543,21 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
-    """HEAD of the checkout the study code runs from (else of the current folder); None without git."""
+def _git_state() -> dict[str, Any]:
+    """HEAD of the checkout the study code runs from (else of the current folder), and whether its
+    tracked files had changes; None for both without git or outside a checkout."""
     for folder in (Path(study.__file__).resolve().parent, Path.cwd()):
         try:
-            done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
+            head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10)
+            if head.returncode != 0:
+                continue
+            status = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder, capture_output=True, text=True, timeout=10
+            )
         except (OSError, subprocess.SubprocessError):
-            return None
-        if done.returncode == 0:
-            return done.stdout.strip()
-    return None
+            break
+        return {"git_commit": head.stdout.strip(), "git_dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+    return {"git_commit": None, "git_dirty": None}
 
 
 def _space_description(space_text: str | None) -> str | None:
@@ -563,9 +573,9 @@ def _space_description(space_text: str | None) -> str | None:
     return " ".join(str(description).split()) if description else None
 
 
-def write_report(experiment_dir: str, *, quiet: bool = False) -> ReportPaths:
+def write_report(experiment_dir: str, *, quiet: bool = False, storage_filesystem: pafs.FileSystem | None = None) -> ReportPaths:
     """Refresh every report file of the experiment; each replaces its previous version whole."""
-    experiment = load_experiment(experiment_dir)
+    experiment = load_experiment(experiment_dir, storage_filesystem=storage_filesystem)
     location = experiment.location
     comparison = compare(experiment.trials, experiment.factors)
     grid = pivot(comparison, experiment.factors)
@@ -584,8 +594,10 @@ def write_report(experiment_dir: str, *, quiet: bool = False) -> ReportPaths:
         trials=location.show(TRIALS), epochs=location.show(EPOCHS), comparison=location.show(COMPARISON),
         summary=location.show(SUMMARY), plots={kind: location.show(name) for kind, name in pictures.items()},
     )
-    if not quiet:
-        print("\n".join(text.split("\n\n")[1:3]).replace("**", ""))
+    if not quiet:  # the answer, and the notes on a partial or single-seed experiment
+        paragraphs = text.split("\n\n")
+        shown = paragraphs[1:3] + [p for p in paragraphs[3:4] if p.startswith(">")]
+        print("\n".join(shown).replace("**", ""))
         print(f"Report: {paths.summary} (tables {TRIALS}, {EPOCHS}, {COMPARISON}; {len(pictures)} plots)")
     return paths
 
@@ -618,7 +630,7 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) -> plots.PlotData:
-    factors, epochs, trials = experiment.factors, experiment.epochs, experiment.trials
+    epochs, trials = experiment.epochs, experiment.trials
     colour = grid.rows  # max_grad_norm where it varies on its own
     panels = grid.columns if 1 <= len(grid.columns) and grid.frame["_col"].nunique() <= 6 else []
     lines = epochs[["trial_id", m.EPOCH, m.VALID_PPL, m.DIVERGED, m.GRAD_NORM_P50, m.GRAD_NORM_P90, m.CLIP_FRACTION]].copy()
@@ -798,12 +810,16 @@ def _divergence(comparison: pd.DataFrame, trials: pd.DataFrame) -> str:
 
 def print_provenance(target: str) -> None:
     """Print the provenance of a report table (a .parquet file, or trials.parquet of a folder)."""
-    path = Path(target)
-    table = path if path.suffix == ".parquet" else path / TRIALS
-    if not table.is_file():
+    table = target if target.endswith(".parquet") else f"{target.rstrip('/')}/{TRIALS}"
+    try:
+        fs, path = _filesystem(table)
+        found = fs.get_file_info(path).type == pafs.FileType.File
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise UsageError(f"{table}: cannot open ({str(error).splitlines()[0]})") from None
+    if not found:
         raise UsageError(f"{table}: no such table, expected a report table: run `python -m study.report {target}` first")
     try:
-        prov = read_provenance(table)
+        prov = read_provenance(path, filesystem=fs)
     except (pa.ArrowException, OSError, json.JSONDecodeError) as error:
         raise UsageError(f"{table}: not a readable Parquet table ({str(error).splitlines()[0]})") from None
     if not prov:
@@ -815,6 +831,10 @@ def format_provenance(prov: dict[str, Any]) -> str:
     lines = []
     for key, value in prov.items():
         if key == "space_text":
+            continue
+        if isinstance(value, dict) and any(len(str(v)) > 20 for v in value.values()):
+            lines.append(f"{key}:")
+            lines.extend(f"    {k}  {v}" for k, v in value.items())
             continue
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items())

@@ -199,9 +199,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def closing_summary(options: SweepOptions, results: tune.ResultGrid) -> str:
-    best = results.get_best_result(metric=m.OBJECTIVE, mode=m.MODE, scope="all", filter_nan_and_inf=True)
     errors = sum(1 for result in results if result.error)
     lines = [f"{len(results)} trials, {errors} errored."]
+    try:
+        best = results.get_best_result(metric=m.OBJECTIVE, mode=m.MODE, scope="all", filter_nan_and_inf=True)
+    except RuntimeError:  # no trial reported a finite valid_ppl yet (interrupted early, or all diverged)
+        best = None
     if best and best.metrics:
         config = trial_config(best.config, options.space.preset).model_dump()
         setting = {key: config[key] for key in options.space.varied_keys()}

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 METADATA_KEY = b"study.provenance"
@@ -35,7 +36,8 @@ def write_table(frame: pd.DataFrame, path: str | Path, provenance: dict[str, Any
     return path
 
 
-def read_provenance(path: str | Path) -> dict[str, Any]:
-    """The provenance a table was written with ({} when it has none)."""
-    metadata = pq.read_schema(path).metadata or {}
+def read_provenance(path: str | Path, filesystem: pafs.FileSystem | None = None) -> dict[str, Any]:
+    """The provenance a table was written with ({} when it has none). `filesystem`: where `path`
+    is, for a table in remote storage (a URI as `path` also works)."""
+    metadata = pq.read_schema(path, filesystem=filesystem).metadata or {}
     return json.loads(metadata[METADATA_KEY]) if METADATA_KEY in metadata else {}

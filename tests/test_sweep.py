@@ -96,12 +96,21 @@ def test_killed_worker_recovers_from_its_checkpoint_with_the_same_result(ray_ses
     assert hit_epochs[m.VALID_PPL].tolist() == pytest.approx(calm_epochs[m.VALID_PPL].tolist(), abs=1e-6)
 
 
-def run_cli(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "study.sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+def run_cli(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "study.sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    """The process's output once it ends; killed (never left behind) if it outlives `timeout`."""
+    try:
+        return process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
 
 
 def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_session, tiny_corpus_dir, tmp_path):
-    space = write_space(tmp_path, "resume", "  max_grad_norm: {grid: [0.5, 1, 2, 5, 10, 20]}", epochs=6, grace=2)
+    space = write_space(tmp_path, "resume", "  max_grad_norm: {grid: [0.5, 1, 2, 5]}", epochs=4, grace=2)
     args = [str(space), "--storage", str(tmp_path / "out"), "--data-dir", str(tiny_corpus_dir), "--address", ray_session]
     first = run_cli(args)
     experiment = tmp_path / "out" / "resume"
@@ -109,14 +118,14 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_session,
     while not any(p.stat().st_size for p in experiment.glob("*/result.json")) and time.time() < deadline:
         time.sleep(0.5)
     first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
-    output = first.communicate(timeout=120)[0]
-    assert not (experiment / "trials.parquet").exists() or "6 TERMINATED" not in output
+    output = finish(first)
+    assert "4 TERMINATED" not in output.split("Trial status:")[-1]  # interrupted before the end
 
     second = run_cli([*args, "--resume"])
-    output = second.communicate(timeout=300)[0]
+    output = finish(second)
     assert second.returncode == 0, output[-3000:]
     trials, epochs = tables(str(experiment))
-    assert len(trials) == 6 and trials["trial_id"].is_unique
+    assert len(trials) == 4 and trials["trial_id"].is_unique
     assert set(trials["status"]) <= {"completed", "stopped_early"}
     assert not epochs.duplicated(["trial_id", m.EPOCH]).any()
     for _, trial in trials.iterrows():  # every epoch of every trial exactly once, in order
@@ -149,7 +158,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tiny_corpus_dir, tmp_path):
         cluster.wait_for_nodes()
         space = write_space(tmp_path, "cluster", "  max_grad_norm: {grid: [0.5, 1, 2, 5]}", epochs=2, grace=2)
         done = run_cli([str(space), "--storage", str(tmp_path / "shared"), "--data-dir", str(tiny_corpus_dir), "--address", cluster.address])
-        output = done.communicate(timeout=300)[0]
+        output = finish(done)
         assert done.returncode == 0, output[-3000:]
     finally:
         cluster.shutdown()
