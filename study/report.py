@@ -760,12 +760,15 @@ def _with_interval(row: pd.Series, name: str) -> str:
 
 def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experiment) -> list[str]:
     notes = []
+    given = experiment.location.given.rstrip("/")
+    storage, space = given.rsplit("/", 1) if "/" in given else (".", given)
+    space = experiment.study.get("space") or space
     running, pending = (int((trials["status"] == s).sum()) for s in UNFINISHED)
     if running or pending:
         notes.append(
             f"**Partial experiment**: {running} trial(s) started but not finished, {pending} not started; "
-            "they are left out of every statistic. Continue it with `python -m study.sweep <space> --resume`, "
-            "which refreshes this report."
+            f"they are left out of every statistic. Continue it with `python -m study.sweep {space} --storage {storage} "
+            "--resume`, which refreshes this report."
         )
     if comparison["n_valid"].max() < 2:
         notes.append(
