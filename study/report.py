@@ -12,8 +12,9 @@ such as s3://bucket/results/grad_clip); the report goes beside Ray's files:
     summary.md           the answer first, then the pivots, divergence counts and the plots
     *.png                heatmap, validation curves, gradient norms and clipping, test perplexity
 
-Ray's own reader (ExperimentAnalysis) reads the trials, so no Ray needs to run. Every file is
-written under a temporary name and renamed into place: a crash leaves the previous report whole.
+Ray's own reader (ExperimentAnalysis) reads the trials, so no Ray needs to run; study.summary
+writes the text of summary.md and study.plots the pictures. Every file is written under a
+temporary name and renamed into place: a crash leaves the previous report whole.
 
 How the numbers are made (also stated in summary.md):
 - Status: `completed` trained every epoch; `stopped_early` ASHA (or the trainable) ended it sooner;
@@ -511,14 +512,8 @@ def pivot(comparison: pd.DataFrame, factors: list[Factor]) -> Pivot:
 def provenance(experiment: Experiment) -> dict[str, Any]:
     """What produced the tables: the study's space file and data, the code and library versions."""
     study_info = experiment.study
-    described = _space_description(study_info.get("space_text"))
-    versions = study_info.get("versions") or {
-        "study": study.__version__,
-        "torch": _version("torch"),
-        "ray": _version("ray"),
-        "python": platform.python_version(),
-        "pandas": pd.__version__,
-    }
+    described = space_description(study_info.get("space_text"))
+    versions = study_info.get("versions") or code_versions()
     return {
         "experiment": experiment.location.given,
         "space": study_info.get("space"),
@@ -531,8 +526,19 @@ def provenance(experiment: Experiment) -> dict[str, Any]:
         "data_sha256": study_info.get("data_sha256"),
         "versions": versions,
         "versions_from": "study.json (sweep time)" if study_info.get("versions") else "report time",
-        **({"git_commit": study_info["git_commit"]} if study_info.get("git_commit") else _git_state()),
+        **({key: study_info.get(key) for key in ("git_commit", "git_dirty")} if study_info.get("git_commit") else git_state()),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def code_versions() -> dict[str, str | None]:
+    """Versions of the code that trains and reports: study, torch, Ray, Python, pandas."""
+    return {
+        "study": study.__version__,
+        "torch": _version("torch"),
+        "ray": _version("ray"),
+        "python": platform.python_version(),
+        "pandas": pd.__version__,
     }
 
 
@@ -543,7 +549,7 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _git_state() -> dict[str, Any]:
+def git_state() -> dict[str, Any]:
     """HEAD of the checkout the study code runs from (else of the current folder), and whether its
     tracked files had changes; None for both without git or outside a checkout."""
     for folder in (Path(study.__file__).resolve().parent, Path.cwd()):
@@ -560,7 +566,7 @@ def _git_state() -> dict[str, Any]:
     return {"git_commit": None, "git_dirty": None}
 
 
-def _space_description(space_text: str | None) -> str | None:
+def space_description(space_text: str | None) -> str | None:
     if not space_text:
         return None
     import yaml
@@ -575,6 +581,8 @@ def _space_description(space_text: str | None) -> str | None:
 
 def write_report(experiment_dir: str, *, quiet: bool = False, storage_filesystem: pafs.FileSystem | None = None) -> ReportPaths:
     """Refresh every report file of the experiment; each replaces its previous version whole."""
+    from study.summary import summary  # summary.py reads this module's types: imported at use, not at import
+
     experiment = load_experiment(experiment_dir, storage_filesystem=storage_filesystem)
     location = experiment.location
     comparison = compare(experiment.trials, experiment.factors)
@@ -665,150 +673,6 @@ def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) ->
         test=grid.frame.assign(x=grid.frame[colour.keys[0]] if numeric_x else grid.frame["_row"]),
         colour_numeric=numeric_x,
     )
-
-
-def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictures: dict[str, str]) -> str:
-    """summary.md: the answer in the first lines, then the evidence."""
-    trials, info = experiment.trials, experiment.study
-    name = info.get("space") or Path(experiment.location.root).name
-    counts = trials["status"].value_counts()
-    n = len(trials)
-    epochs_each = info.get("epochs") or (int(trials["epochs"].max()) if "epochs" in trials else int(trials["epochs_run"].max()))
-    trained = int(trials["epochs_run"].sum())
-    hours = trials["seconds"].sum() / 3600
-    seeds = trials[SEED].nunique() if SEED in trials else 1
-    description = _space_description(info.get("space_text"))
-
-    lines = [f"# Study {name}" + (f": {description}" if description else "")]
-    studied = [f"space `{name}`" if info.get("space") else f"experiment `{name}`"]
-    studied += [f"preset {info['preset']}"] if info.get("preset") else []
-    studied += [
-        f"{epochs_each} epochs per trial",
-        f"{n} trials ({len(comparison)} setting{'s' if len(comparison) != 1 else ''} x {seeds} seed{'s' if seeds != 1 else ''})",
-    ]
-    lines.append(
-        "Studied: " + ", ".join(studied) + f". Budget: {trained} of {n * epochs_each} epochs trained, "
-        f"{hours:.2f} h of trial time. Status: "
-        + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in STATUSES if counts.get(s, 0)) + "."
-    )
-    lines.append(_answer(comparison))
-    notes = _notes(trials, comparison, experiment)
-    if notes:
-        lines.append("\n".join(f"> {note}" for note in notes))
-
-    axis = f"{grid.row_title} x {grid.column_title}" if grid.columns else grid.row_title or "setting"
-    lines.append(f"## Best validation perplexity by {axis}")
-    lines.append(
-        "Mean over seeds of each trial's lowest validation perplexity, ± the half-width of the 95% Student-t "
-        "interval (none with fewer than two trials); diverged trials are left out and counted in brackets."
-    )
-    lines.append(_markdown_grid(grid, "best_valid_ppl"))
-    lines.append("## Test perplexity (completed trials)")
-    lines.append(_markdown_grid(grid, "test_ppl"))
-    lines.append("## Divergence")
-    lines.append(_divergence(comparison, trials))
-    if experiment.errors:
-        lines.append("## Errors")
-        lines.append("\n".join(f"- `{tid}`: {line}" for tid, line in experiment.errors.items()))
-    lines.append("## Plots")
-    captions = {
-        "heatmap": "Mean best validation perplexity per setting",
-        "valid_curves": "Validation perplexity by epoch, one line per trial",
-        "grad_norms": "Gradient norm before clipping and share of steps clipped, by epoch",
-        "test_ppl": "Test perplexity with 95% intervals",
-    }
-    lines.append("\n\n".join(f"![{captions.get(kind, kind)}]({file})" for kind, file in pictures.items()))
-    lines.append("## How the numbers are made")
-    lines.append(
-        "- Status: `completed` trained all epochs; `stopped_early` ASHA stopped it sooner; `diverged` its loss "
-        "became NaN or infinite; `error` Ray marked it failed; `running` started but not finished; `pending` not started.\n"
-        "- Validation statistics pool a setting's completed and stopped-early trials (a stopped trial with the best "
-        "perplexity it reached); test statistics use completed trials only. `none` as max_grad_norm means no clipping.\n"
-        f"- Tables: `{TRIALS}`, `{EPOCHS}`, `{COMPARISON}` in this folder; their provenance: "
-        f"`python -m study.report {experiment.location.given} --provenance`."
-    )
-    return "\n\n".join(lines) + "\n"
-
-
-def _answer(comparison: pd.DataFrame) -> str:
-    ranked = comparison[comparison["n_valid"] > 0].sort_values("best_valid_ppl_mean", kind="stable")
-    if ranked.empty:
-        return "**No answer yet**: no trial has finished without diverging."
-    best = ranked.iloc[0]
-    text = f"**Best: {best['setting']}**, mean best validation perplexity {_with_interval(best, 'best_valid_ppl')}"
-    if best["n_test"]:
-        text += f"; test perplexity {_with_interval(best, 'test_ppl')}"
-    text += "."
-    others = ranked.iloc[1:]
-    if math.isnan(best["best_valid_ppl_ci95_high"]):
-        nearest = ", ".join(f"{r['setting']} ({r['best_valid_ppl_mean']:.1f})" for _, r in others.head(3).iterrows())
-        return text + (f" No interval to judge the runners-up by; next by mean: {nearest}." if nearest else "")
-    overlapping = others[others["best_valid_ppl_ci95_low"] <= best["best_valid_ppl_ci95_high"]]
-    if overlapping.empty:
-        return text + " No other setting's interval overlaps it."
-    listed = ", ".join(f"{r['setting']} ({_with_interval(r, 'best_valid_ppl')})" for _, r in overlapping.head(5).iterrows())
-    more = f", and {len(overlapping) - 5} more" if len(overlapping) > 5 else ""
-    return text + f" Not distinguishable from it (intervals overlap): {listed}{more}."
-
-
-def _with_interval(row: pd.Series, name: str) -> str:
-    n = row[f"n_{'valid' if name == 'best_valid_ppl' else 'test'}"]
-    if math.isnan(row[f"{name}_ci95_low"]):
-        return f"{row[f'{name}_mean']:.1f} (n={n}, no interval)"
-    return f"{row[f'{name}_mean']:.1f} [95% CI {row[f'{name}_ci95_low']:.1f}, {row[f'{name}_ci95_high']:.1f}], n={n}"
-
-
-def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experiment) -> list[str]:
-    notes = []
-    given = experiment.location.given.rstrip("/")
-    storage, space = given.rsplit("/", 1) if "/" in given else (".", given)
-    space = experiment.study.get("space") or space
-    running, pending = (int((trials["status"] == s).sum()) for s in UNFINISHED)
-    if running or pending:
-        notes.append(
-            f"**Partial experiment**: {running} trial(s) started but not finished, {pending} not started; "
-            f"they are left out of every statistic. Continue it with `python -m study.sweep {space} --storage {storage} "
-            "--resume`, which refreshes this report."
-        )
-    if comparison["n_valid"].max() < 2:
-        notes.append(
-            "**One trial per setting**: no confidence intervals, so differences may be seed noise; "
-            "run more seeds (`--seeds 0 1 2`) to tell."
-        )
-    if not experiment.study:
-        notes.append(f"No {STUDY_FILE} in the folder: the varied settings were inferred from the trial configs.")
-    return notes
-
-
-def _cell(row: pd.Series, name: str) -> str:
-    mean, low, high = row[f"{name}_mean"], row[f"{name}_ci95_low"], row[f"{name}_ci95_high"]
-    text = "–" if math.isnan(mean) else f"{mean:.1f}" if math.isnan(low) else f"{mean:.1f} ± {(high - low) / 2:.1f}"
-    if name == "best_valid_ppl" and row["n_diverged"]:
-        text += f" ({row['n_diverged']}/{row['n_trials']} diverged)"
-    if row["n_unfinished"]:
-        text += f" ({row['n_unfinished']} unfinished)"
-    return text
-
-
-def _markdown_grid(grid: Pivot, name: str) -> str:
-    cells = grid.frame.assign(_cell=[_cell(row, name) for _, row in grid.frame.iterrows()])
-    table = cells.pivot(index="_row", columns="_col", values="_cell")
-    table = table.reindex(index=list(dict.fromkeys(cells["_row"])), columns=grid.column_order())
-    corner = f"{grid.row_title} \\ {grid.column_title}" if grid.columns else grid.row_title or "setting"
-    header = [corner, *map(str, table.columns)]
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, row in table.iterrows():
-        out.append("| " + " | ".join([str(label), *(v if isinstance(v, str) else "" for v in row)]) + " |")
-    return "\n".join(out)
-
-
-def _divergence(comparison: pd.DataFrame, trials: pd.DataFrame) -> str:
-    total = int((trials["status"] == "diverged").sum())
-    if not total:
-        return "No trial diverged."
-    hit = comparison[comparison["n_diverged"] > 0]
-    listed = "\n".join(f"- {r['setting']}: {r['n_diverged']} of {r['n_trials']}" for _, r in hit.iterrows())
-    return f"{total} of {len(trials)} trials diverged (loss NaN or infinite; they stop at once):\n\n{listed}"
 
 
 def print_provenance(target: str) -> None:

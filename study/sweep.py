@@ -26,7 +26,7 @@ from ray import tune
 from study import metrics as m
 from study.data import DATA_ENV, Corpus, load_corpus
 from study.errors import UsageError, main_with_errors
-from study.report import write_report
+from study.report import code_versions, git_state, write_report
 from study.spaces import Space, load_space, trial_config
 from study.trainable import train_trial
 from study.train import available_cpus
@@ -126,6 +126,8 @@ def write_study_file(options: SweepOptions, corpus: Corpus) -> None:
         "epochs": options.epochs,
         "varied": options.space.varied_keys(),
         "data_sha256": corpus.sha256,
+        "versions": code_versions(),  # at sweep time: the code that trained, not the one that reports
+        **git_state(),
     }
     with filesystem.open_output_stream(f"{root}/{STUDY_FILE}") as stream:
         stream.write(json.dumps(study, indent=2).encode())
