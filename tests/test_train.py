@@ -34,6 +34,17 @@ def test_cost_is_cross_entropy_summed_over_time_and_averaged_over_batch():
     assert summed.item() == pytest.approx(3 * by_hand.item(), rel=1e-6)
 
 
+def test_cost_gradient_equals_torch_cross_entropy():
+    torch.manual_seed(0)
+    targets = torch.randint(0, 7, (3, 4))
+    ours = torch.randn(4, 3, 7, requires_grad=True)
+    reference = ours.detach().clone().requires_grad_()
+    # The cost's backward overwrites the logits it saved, so each side gets its own copy.
+    sequence_cost(ours * 1.0, targets)[0].backward()
+    (F.cross_entropy(reference.flatten(0, 1), targets.t().flatten(), reduction="sum") / 3).backward()
+    assert torch.allclose(ours.grad, reference.grad, atol=1e-6)
+
+
 def test_test_set_in_chunks_equals_one_word_at_a_time(corpus):
     trainer = Trainer(tiny(), corpus)
     ids = corpus.test[:300]
