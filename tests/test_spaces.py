@@ -5,7 +5,6 @@ import textwrap
 from types import SimpleNamespace
 
 import pytest
-from ray import tune
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search.sample import Categorical, Float, Integer
 from ray.tune.search.variant_generator import generate_variants

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from study import metrics as m
 from study.config import make_config
-from study.data import batchify, load_corpus
+from study.data import load_corpus
 from study.train import Trainer, evaluate, sequence_cost, stream_windows
 
 
