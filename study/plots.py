@@ -144,7 +144,7 @@ def valid_curves(data: PlotData) -> Figure:
             _no_data(axes, "validation results")
         else:
             _log_y(axes, shown[m.VALID_PPL])
-        axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        _epoch_axis(axes, epochs[m.EPOCH])
         if panel:
             axes.set_title(f"{data.panel_title} = {panel}" if "=" not in panel else panel, fontsize=10)
         axes.grid(True, which="both", alpha=0.3)
@@ -177,8 +177,8 @@ def grad_norms(data: PlotData) -> Figure:
         series = means.loc[label].sort_index()
         colour = colours[label]
         if series[m.GRAD_NORM_P50].notna().any():
-            norms.plot(series.index, series[m.GRAD_NORM_P50], color=colour, linewidth=1.6)
-            norms.plot(series.index, series[m.GRAD_NORM_P90], color=colour, linewidth=1.2, linestyle="--")
+            norms.plot(series.index, series[m.GRAD_NORM_P50], color=colour, linewidth=1.6, marker=".")
+            norms.plot(series.index, series[m.GRAD_NORM_P90], color=colour, linewidth=1.2, linestyle="--", marker=".")
             drawn = True
         if label in data.thresholds:
             norms.axhline(data.thresholds[label], color=colour, linestyle=":", linewidth=1)
@@ -188,7 +188,7 @@ def grad_norms(data: PlotData) -> Figure:
     else:
         _no_data(norms, "gradient norms")
     for axes in (norms, clipped):
-        axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        _epoch_axis(axes, data.epochs[m.EPOCH])
     norms.set_xlabel("epoch")
     norms.set_ylabel("global gradient L2 norm before clipping (log)")
     norms.set_title("Gradient norm per step: median (solid), 90th percentile (dashed)" + (", threshold c (dotted)" if data.thresholds else ""), fontsize=9.5)
@@ -248,6 +248,13 @@ def test_ppl(data: PlotData) -> Figure:
     return figure
 
 
+def _epoch_axis(axes, epochs: pd.Series) -> None:
+    """Whole-epoch ticks; an experiment with one epoch so far still gets an axis from 0 to 2."""
+    axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    if epochs.nunique() == 1:
+        axes.set_xlim(epochs.iloc[0] - 1, epochs.iloc[0] + 1)
+
+
 def _log_y(axes, values: pd.Series) -> None:
     """A log y axis with 4 to 9 plain-number ticks (120, 150, 200, 300), however narrow its range."""
     values = values.astype(float)
@@ -256,6 +263,9 @@ def _log_y(axes, values: pd.Series) -> None:
     if values.empty:
         return
     low, high = values.min(), values.max()
+    if high < 1.2 * low:  # one value, or nearly: give the axis a range that holds readable ticks
+        low, high = low / 1.1, high * 1.1
+        axes.set_ylim(low, high)
     ticks = []
     for steps in _TICK_STEPS:
         ticks = [
