@@ -2,7 +2,7 @@
 
     python -m study.bench --preset small --threads 2 --data-dir ../shared/data/ptb
 
-Training words/s over a few hundred steps of the real training loop, the PTB test set's evaluation
+Training words/s of the real training loop (the median of several timed windows), the PTB test set's evaluation
 time (batch size 1, the whole set), and the share of the machine's float32 matmul peak (measured
 here with a large square matmul) that training reaches, counting 3x the forward FLOPs per word
 (forward, and backward for inputs and weights).
@@ -11,6 +11,7 @@ here with a large square matmul) that training reaches, counting 3x the forward 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -35,17 +36,25 @@ def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> fl
     return 2 * size**3 / best
 
 
-def training_speed(trainer: Trainer, steps: int) -> float:
-    """Words/s of `steps` training steps after a warm-up, through the trainer's own epoch loop."""
+def training_speed(trainer: Trainer, steps: int, windows: int) -> list[float]:
+    """Words/s of `windows` consecutive windows of `steps` training steps each, through the trainer's
+    own epoch loop, after a warm-up. Several windows, because a shared machine's speed drifts by
+    10% and more from one minute to the next: their median and range say how much."""
     config, full = trainer.config, trainer.train_data
-    timed = []
-    for count in (20, steps):  # the first pass warms up the allocator and oneDNN's kernels
+    speeds = []
+    for count in [20] + [steps] * windows:  # the first pass warms up the allocator and oneDNN's kernels
         trainer.train_data = full[:, : count * config.num_steps + 1]  # [batch, count steps + 1]
         trainer.steps_per_epoch = count
         started = time.perf_counter()
         trainer._train_epoch()
-        timed.append(time.perf_counter() - started)
-    return steps * config.batch_size * config.num_steps / timed[-1]
+        speeds.append(count * config.batch_size * config.num_steps / (time.perf_counter() - started))
+    return speeds[1:]
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -54,7 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="folder with ptb.{train,valid,test}.txt")
     parser.add_argument("--threads", type=int, default=available_cpus())
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--steps", type=int, default=300, help="training steps to time (default 300)")
+    parser.add_argument("--steps", type=positive_int, default=50, help="training steps per timed window (default 50)")
+    parser.add_argument("--windows", type=positive_int, default=6, help="timed windows (default 6)")
     return parser.parse_args(argv)
 
 
@@ -67,14 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_corpus(args.data_dir)
     trainer = Trainer(config, corpus, device)
     peak = matmul_peak(device)
-    words_per_sec = training_speed(trainer, min(args.steps, trainer.steps_per_epoch))
+    speeds = training_speed(trainer, min(args.steps, trainer.steps_per_epoch), args.windows)
+    words_per_sec = statistics.median(speeds)
     started = time.perf_counter()
     test_ppl = evaluate(trainer.model, stream_windows(trainer.test_ids, TEST_CHUNK), batch_size=1)
     test_seconds = time.perf_counter() - started
     flops_per_word = 3 * trainer.model.flops_per_word()
     achieved = words_per_sec * flops_per_word
     print(f"preset {args.preset} on {device}, {args.threads} threads")
-    print(f"training:   {words_per_sec:,.0f} words/s  ({flops_per_word / 1e6:.1f} MFLOP/word -> {achieved / 1e9:.1f} GFLOP/s)")
+    print(f"training:   {words_per_sec:,.0f} words/s, median of {len(speeds)} windows of {args.steps} steps "
+          f"(range {min(speeds):,.0f}-{max(speeds):,.0f}); {flops_per_word / 1e6:.1f} MFLOP/word -> {achieved / 1e9:.1f} GFLOP/s")
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s (float32 2048x2048); training reaches {achieved / peak:.0%} of it")
     print(f"test set:   {len(trainer.test_ids):,} words evaluated in {test_seconds:.1f} s at batch size 1 "
           f"({(len(trainer.test_ids) - 1) / test_seconds:,.0f} words/s; untrained perplexity {test_ppl:.0f})")

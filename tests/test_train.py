@@ -37,11 +37,14 @@ def test_cost_is_cross_entropy_summed_over_time_and_averaged_over_batch():
 def test_cost_gradient_equals_torch_cross_entropy():
     torch.manual_seed(0)
     targets = torch.randint(0, 7, (3, 4))
-    ours = torch.randn(4, 3, 7, requires_grad=True)
+    # Logit gaps of 200 nats: a naive softmax underflows; the cost and its gradient must not.
+    ours = (torch.randn(4, 3, 7) * 100).requires_grad_()
     reference = ours.detach().clone().requires_grad_()
-    # The cost's backward overwrites the logits it saved, so each side gets its own copy.
-    sequence_cost(ours * 1.0, targets)[0].backward()
-    (F.cross_entropy(reference.flatten(0, 1), targets.t().flatten(), reduction="sum") / 3).backward()
+    cost = sequence_cost(ours, targets)[0]
+    expected = F.cross_entropy(reference.flatten(0, 1), targets.t().flatten(), reduction="sum") / 3
+    assert torch.isfinite(cost) and cost.item() == pytest.approx(expected.item(), rel=1e-6)
+    cost.backward()
+    expected.backward()
     assert torch.allclose(ours.grad, reference.grad, atol=1e-6)
 
 
