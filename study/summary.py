@@ -130,7 +130,12 @@ def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experimen
             f"they are left out of every statistic. Continue it with `python -m study.sweep {space} --storage {storage} "
             "--resume`, which refreshes this report."
         )
-    if comparison["n_valid"].max() < 2:
+    if comparison["n_valid"].max() < 2 and comparison["n_trials"].max() >= 2:
+        notes.append(
+            "**No intervals yet**: no setting has two finished trials so far, so differences may be seed "
+            "noise; the intervals appear as more of each setting's trials finish."
+        )
+    elif comparison["n_valid"].max() < 2:
         notes.append(
             "**One trial per setting**: no confidence intervals, so differences may be seed noise; "
             "run more seeds (`--seeds 0 1 2`) to tell."

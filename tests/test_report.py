@@ -343,6 +343,22 @@ def test_partial_experiment_with_unfinished_error_and_rereported_trials(experime
 
 
 @pytest.mark.slow
+def test_partial_experiment_with_no_second_seed_yet_says_intervals_are_to_come(experiments, tmp_path):
+    folder = copy_experiment(experiments["grid"], tmp_path)
+
+    def edit(trial, meta):
+        if trial["config"]["seed"] == 1:  # every setting's second seed not started yet
+            trial["status"] = "PENDING"
+            meta["last_result"] = {}
+            (folder / trial["relative_logdir"] / "result.json").write_text("")
+
+    edit_state(folder, edit)
+    summary = Path(write_report(str(folder), quiet=True).summary).read_text()
+    assert "**No intervals yet**: no setting has two finished trials so far" in summary
+    assert "One trial per setting" not in summary
+
+
+@pytest.mark.slow
 def test_a_failed_refresh_leaves_the_previous_report_whole(experiments, tmp_path, monkeypatch):
     folder = copy_experiment(experiments["cases"], tmp_path)
     paths = write_report(str(folder), quiet=True)
