@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -136,7 +137,7 @@ class _Location:
     local: Path | None
 
     def show(self, name: str) -> str:
-        return str(self.local / name) if self.local else f"{self.given.rstrip('/')}/{name}"
+        return str(self.local / name) if self.local else child_location(self.given, name)
 
     def read_text(self, name: str) -> str | None:
         path = f"{self.root}/{name}"
@@ -151,6 +152,24 @@ def _filesystem(target: str) -> tuple[pafs.FileSystem, str]:
     if "://" in target:
         return pafs.FileSystem.from_uri(target)
     return pafs.LocalFileSystem(), Path(target).expanduser().resolve().as_posix()
+
+
+def child_location(location: str, name: str) -> str:
+    """`location`/`name` for a folder or a URI; a URI keeps its query (s3://bucket/path?endpoint_override=…)."""
+    if "://" not in location:
+        return f"{location.rstrip('/')}/{name}"
+    parts = urllib.parse.urlsplit(location)
+    return urllib.parse.urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
+
+
+def split_location(location: str) -> tuple[str, str]:
+    """(parent, name) of a folder or a URI, the inverse of `child_location`."""
+    if "://" not in location:
+        parent, _, name = location.rstrip("/").rpartition("/")
+        return parent or ".", name
+    parts = urllib.parse.urlsplit(location)
+    parent, _, name = parts.path.rstrip("/").rpartition("/")
+    return urllib.parse.urlunsplit(parts._replace(path=parent)), name
 
 
 def _locate(experiment_dir: str | os.PathLike, storage_filesystem: pafs.FileSystem | None = None) -> _Location:
@@ -677,7 +696,7 @@ def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) ->
 
 def print_provenance(target: str) -> None:
     """Print the provenance of a report table (a .parquet file, or trials.parquet of a folder)."""
-    table = target if target.endswith(".parquet") else f"{target.rstrip('/')}/{TRIALS}"
+    table = target if split_location(target)[1].endswith(".parquet") else child_location(target, TRIALS)
     try:
         fs, path = _filesystem(table)
         found = fs.get_file_info(path).type == pafs.FileType.File

@@ -24,6 +24,7 @@ from study.report import (
     Experiment,
     Pivot,
     space_description,
+    split_location,
 )
 
 
@@ -120,8 +121,7 @@ def _with_interval(row: pd.Series, name: str) -> str:
 
 def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experiment) -> list[str]:
     notes = []
-    given = experiment.location.given.rstrip("/")
-    storage, space = given.rsplit("/", 1) if "/" in given else (".", given)
+    storage, space = split_location(experiment.location.given)
     space = experiment.study.get("space") or space
     running, pending = (int((trials["status"] == s).sum()) for s in UNFINISHED)
     if running or pending:

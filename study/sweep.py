@@ -25,7 +25,7 @@ from ray import tune
 from study import metrics as m
 from study.data import DATA_ENV, Corpus, load_corpus
 from study.errors import UsageError, main_with_errors
-from study.report import code_versions, git_state, write_report
+from study.report import child_location, code_versions, git_state, write_report
 from study.spaces import Space, load_space, trial_config
 from study.trainable import train_trial
 from study.train import available_cpus
@@ -46,7 +46,7 @@ class SweepOptions:
 
     @property
     def experiment(self) -> str:
-        return f"{self.storage.rstrip('/')}/{self.space.name}"
+        return child_location(self.storage, self.space.name)
 
 
 def storage_uri(path: str) -> str:
@@ -210,7 +210,7 @@ def closing_summary(options: SweepOptions, results: tune.ResultGrid) -> str:
         config = trial_config(best.config, options.space.preset).model_dump()
         setting = {key: config[key] for key in options.space.varied_keys()}
         lines.append(f"Best {m.OBJECTIVE}: {best.metrics_dataframe[m.OBJECTIVE].min():.2f} with {setting}")
-    lines.append(f"Tables and summary: {options.experiment}/ (trials.parquet, epochs.parquet, comparison.parquet, summary.md)")
+    lines.append(f"Tables and summary: {options.experiment} (trials.parquet, epochs.parquet, comparison.parquet, summary.md)")
     lines.append(f"TensorBoard: tensorboard --logdir {options.experiment}")
     return "\n".join(lines)
 
