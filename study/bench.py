@@ -19,7 +19,7 @@ import torch
 
 from study.config import PRESETS, make_config
 from study.data import load_corpus
-from study.errors import main_with_errors
+from study.errors import UsageError, main_with_errors
 from study.train import Trainer, available_cpus, evaluate, select_device, set_threads, stream_windows, TEST_CHUNK
 
 
@@ -51,26 +51,23 @@ def training_speed(trainer: Trainer, steps: int, windows: int) -> list[float]:
     return speeds[1:]
 
 
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return int(text)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m study.bench", allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="small", choices=list(PRESETS))
     parser.add_argument("--data-dir", help="folder with ptb.{train,valid,test}.txt")
     parser.add_argument("--threads", type=int, default=available_cpus())
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--steps", type=positive_int, default=50, help="training steps per timed window (default 50)")
-    parser.add_argument("--windows", type=positive_int, default=6, help="timed windows (default 6)")
+    parser.add_argument("--steps", type=int, default=50, help="training steps per timed window (default 50)")
+    parser.add_argument("--windows", type=int, default=6, help="timed windows (default 6)")
     return parser.parse_args(argv)
 
 
 @main_with_errors
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    for flag in ("threads", "steps", "windows"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} {getattr(args, flag)}: must be at least 1")
     set_threads(args.threads)
     device = select_device(args.device)
     config = make_config({}, preset=args.preset)

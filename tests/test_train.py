@@ -126,3 +126,9 @@ def test_corrupted_resume_file_is_one_line(tmp_path, tiny_corpus_dir):
         capture_output=True, text=True,
     )
     assert done.returncode == 2 and str(bad) in done.stderr and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("flag", ["--threads", "--steps", "--windows"])
+def test_bench_rejects_a_count_below_one_in_one_line(flag):
+    done = subprocess.run([sys.executable, "-m", "study.bench", flag, "0"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip() == f"error: {flag} 0: must be at least 1"
