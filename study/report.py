@@ -147,7 +147,7 @@ class _Location:
             return stream.readall().decode("utf-8", errors="replace")
 
 
-def _filesystem(target: str) -> tuple[pafs.FileSystem, str]:
+def filesystem_and_path(target: str) -> tuple[pafs.FileSystem, str]:
     """The filesystem and path of a local path or a URI (file://, s3://, gs://, ...)."""
     if "://" in target:
         return pafs.FileSystem.from_uri(target)
@@ -176,7 +176,7 @@ def _locate(experiment_dir: str | os.PathLike, storage_filesystem: pafs.FileSyst
     """Check that the folder holds a Ray experiment; each way it can fail is a one-line UsageError."""
     given = str(experiment_dir)
     try:
-        fs, root = (storage_filesystem, given.rstrip("/")) if storage_filesystem else _filesystem(given)
+        fs, root = (storage_filesystem, given.rstrip("/")) if storage_filesystem else filesystem_and_path(given)
         info = fs.get_file_info(root)
         entries = fs.get_file_info(pafs.FileSelector(root)) if info.type == pafs.FileType.Directory else []
     except (pa.ArrowException, OSError, ValueError) as error:
@@ -698,7 +698,7 @@ def print_provenance(target: str) -> None:
     """Print the provenance of a report table (a .parquet file, or trials.parquet of a folder)."""
     table = target if split_location(target)[1].endswith(".parquet") else child_location(target, TRIALS)
     try:
-        fs, path = _filesystem(table)
+        fs, path = filesystem_and_path(table)
         found = fs.get_file_info(path).type == pafs.FileType.File
     except (pa.ArrowException, OSError, ValueError) as error:
         raise UsageError(f"{table}: cannot open ({str(error).splitlines()[0]})") from None

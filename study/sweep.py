@@ -25,7 +25,7 @@ from ray import tune
 from study import metrics as m
 from study.data import DATA_ENV, Corpus, load_corpus
 from study.errors import UsageError, main_with_errors
-from study.report import child_location, code_versions, git_state, write_report
+from study.report import child_location, code_versions, filesystem_and_path, git_state, write_report
 from study.spaces import Space, load_space, trial_config
 from study.trainable import train_trial
 from study.train import available_cpus
@@ -55,7 +55,7 @@ def storage_uri(path: str) -> str:
 
 
 def experiment_exists(experiment: str) -> bool:
-    filesystem, root = pafs.FileSystem.from_uri(experiment if "://" in experiment else Path(experiment).as_uri())
+    filesystem, root = filesystem_and_path(experiment)
     return filesystem.get_file_info(f"{root}/{STUDY_FILE}").type != pafs.FileType.NotFound or any(
         info.base_name.startswith("experiment_state")
         for info in (
@@ -114,9 +114,7 @@ def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Call
 
 def write_study_file(options: SweepOptions, corpus: Corpus) -> None:
     """The study's own description beside Ray's state: what the report reads for provenance."""
-    filesystem, root = pafs.FileSystem.from_uri(
-        options.experiment if "://" in options.experiment else Path(options.experiment).as_uri()
-    )
+    filesystem, root = filesystem_and_path(options.experiment)
     filesystem.create_dir(root, recursive=True)
     study = {
         "space": options.space.name,
