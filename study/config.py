@@ -20,6 +20,7 @@ from study.errors import UsageError, describe_validation_error
 
 ClipMode = Literal["global_norm", "value", "per_tensor_norm", "adaptive", "none"]
 Schedule = Literal["zaremba", "exponential", "plateau", "constant"]
+Precision = Literal["fp32", "bf16"]
 
 
 class TrainConfig(BaseModel):
@@ -60,6 +61,11 @@ class TrainConfig(BaseModel):
     # Data and randomness.
     max_words: int = Field(0, ge=0, description="use only the first N words of each split, 0 for all")
     seed: int = Field(0, ge=0, description="seed of initialisation and dropout")
+
+    # Arithmetic.
+    precision: Precision = Field(
+        "fp32", description="bf16: matrix products in bfloat16 (autocast); weights, cost, gradient norms and clipping stay float32"
+    )
 
     @field_validator("max_grad_norm")
     @classmethod

@@ -33,14 +33,16 @@ class LSTMLanguageModel(nn.Module):
         self._init_weights(init_scale)
 
     def _init_weights(self, init_scale: float) -> None:
-        # The reference draws every variable from U(-init_scale, init_scale), forget-gate bias included
-        # (BasicLSTMCell with forget_bias=0). TF's cell has one bias per layer where torch has two
-        # (bias_ih + bias_hh): bias_hh is held at zero and frozen, so the layer has exactly TF's
-        # parameters, gradients and gradient norm.
+        # As the reference's graph: every variable from U(-init_scale, init_scale), the embedding and
+        # the softmax bias included, except the LSTM biases, which start at zero: TF's BasicLSTMCell
+        # creates its bias with a zeros initializer that overrides the scope's uniform one (and
+        # forget_bias=0 adds no offset). TF's cell has one bias per layer where torch has two
+        # (bias_ih + bias_hh): bias_hh is also frozen, so the layer has exactly TF's parameters,
+        # gradients and gradient norm.
         for name, parameter in self.named_parameters():
-            if name.startswith("lstm.bias_hh"):
+            if name.startswith("lstm.bias"):
                 nn.init.zeros_(parameter)
-                parameter.requires_grad_(False)
+                parameter.requires_grad_(not name.startswith("lstm.bias_hh"))
             else:
                 nn.init.uniform_(parameter, -init_scale, init_scale)
 

@@ -18,6 +18,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,12 @@ import torch
 
 from study import metrics as m
 from study.clipping import Clipper
-from study.config import PRESETS, TrainConfig, add_config_arguments, make_config, overrides_from_args
+from study.config import PRESETS, Precision, TrainConfig, add_config_arguments, make_config, overrides_from_args
 from study.data import DATA_ENV, Corpus, batchify, batches, load_corpus, num_batches
 from study.errors import UsageError, main_with_errors
 from study.model import LSTMLanguageModel, State
 from study.schedules import make_schedule
+from study.state import check_identity, read_state, run_identity, save_state
 from study.tables import write_table
 
 # Longest slice of the test stream fed to the LSTM at once: bounds the [1, chunk, vocab] logits.
@@ -84,15 +86,29 @@ def detach(state: State) -> State:
     return state[0].detach(), state[1].detach()
 
 
+def forward(model: LSTMLanguageModel, x: torch.Tensor, state: State, precision: Precision) -> tuple[torch.Tensor, State]:
+    """The model's forward at `precision`. bf16: autocast on x's device runs the matrix products (LSTM,
+    softmax layer) in bfloat16 from the float32 master weights, and the state comes back bfloat16;
+    the logits come back float32 either way, so the cost's softmax and sums are float32."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        logits, state = model(x, state)
+    return logits.float(), state  # .float() is the tensor itself under fp32
+
+
 @torch.no_grad()
-def evaluate(model: LSTMLanguageModel, windows: Iterator[tuple[torch.Tensor, torch.Tensor]], batch_size: int) -> float:
+def evaluate(
+    model: LSTMLanguageModel,
+    windows: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    batch_size: int,
+    precision: Precision = "fp32",
+) -> float:
     """Perplexity of `model` over `windows` of (x, y) [batch, steps], state carried from one to the next."""
     model.eval()
     state = model.initial_state(batch_size)
     total = torch.zeros((), dtype=torch.float64, device=state[0].device)
     words = 0
     for x, y in windows:
-        logits, state = model(x, state)
+        logits, state = forward(model, x, state, precision)
         total += sequence_cost(logits, y)[1]
         words += y.numel()
     return perplexity(total.item(), words)
@@ -106,6 +122,19 @@ def stream_windows(ids: torch.Tensor, chunk: int) -> Iterator[tuple[torch.Tensor
     for start in range(0, stream.shape[1] - 1, chunk):
         y = stream[:, start + 1 : start + 1 + chunk]
         yield stream[:, start : start + y.shape[1]], y
+
+
+@dataclass(frozen=True)
+class EpochProgress:
+    """Where a run is inside an epoch, at one of its progress points; prints as TF's tutorial line."""
+
+    epoch: int  # the epoch under way, 1-based
+    fraction: float  # of its steps done, in (0, 1)
+    perplexity: float  # training perplexity of the epoch so far
+    words_per_sec: float  # training words per second since the epoch began
+
+    def __str__(self) -> str:
+        return f"{self.fraction:.3f} perplexity: {self.perplexity:.3f} speed: {self.words_per_sec:.0f} wps"
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -122,7 +151,7 @@ class Trainer:
         config: TrainConfig,
         corpus: Corpus,
         device: torch.device | str = "cpu",
-        progress: Callable[[str], None] | None = None,
+        progress: Callable[[EpochProgress], None] | None = None,
     ):
         self.config = config
         self.device = torch.device(device)
@@ -165,7 +194,9 @@ class Trainer:
         self.diverged = not math.isfinite(train_ppl)
         valid_ppl = math.inf
         if not self.diverged:
-            valid_ppl = evaluate(self.model, batches(self.valid_data, self.config.num_steps), self.config.batch_size)
+            valid_ppl = evaluate(
+                self.model, batches(self.valid_data, self.config.num_steps), self.config.batch_size, self.config.precision
+            )
             self.diverged = not math.isfinite(valid_ppl)
         self.schedule.observe(self.epoch, valid_ppl)
         self.epoch += 1
@@ -184,7 +215,7 @@ class Trainer:
         return result
 
     def test(self) -> float:
-        return evaluate(self.model, stream_windows(self.test_ids, TEST_CHUNK), batch_size=1)
+        return evaluate(self.model, stream_windows(self.test_ids, TEST_CHUNK), batch_size=1, precision=self.config.precision)
 
     def _train_epoch(self) -> tuple[float, int]:
         """One pass over the training data; returns (summed cross-entropy, predicted words).
@@ -200,7 +231,7 @@ class Trainer:
             lr = self.schedule.rate(self.epoch, self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            logits, state = model(x, detach(state))
+            logits, state = forward(model, x, detach(state), config.precision)
             cost, loss = sequence_cost(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             cost.backward()
@@ -214,19 +245,22 @@ class Trainer:
                     return seen, index * words_per_step
                 if self.progress:
                     elapsed = time.perf_counter() - started
-                    self.progress(
-                        f"{index / self.steps_per_epoch:.3f} perplexity: {perplexity(seen, index * words_per_step):.3f} "
-                        f"speed: {index * words_per_step / elapsed:.0f} wps"
-                    )
+                    self.progress(EpochProgress(
+                        self.epoch + 1, index / self.steps_per_epoch,
+                        perplexity(seen, index * words_per_step), index * words_per_step / elapsed,
+                    ))
         return total.item(), self.steps_per_epoch * words_per_step
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs: restoring it continues exactly as if never stopped."""
-        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+        # Tensors and plain values only, so that it loads with torch.load(weights_only=True):
+        # numpy's generator key (a uint32 array) goes as a tensor.
+        generator, key, position, has_gauss, gauss = np.random.get_state()
+        numpy_rng = (generator, torch.from_numpy(key.astype(np.int64)), int(position), int(has_gauss), float(gauss))
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_rng}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
-            "config": self.config.model_dump(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -244,7 +278,8 @@ class Trainer:
         self.clipper.load_state_dict(state["clipper"])
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
+        generator, key, position, has_gauss, gauss = state["rng"]["numpy"]
+        np.random.set_state((generator, key.numpy().astype(np.uint32), position, has_gauss, gauss))
         if "cuda" in state["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.epoch, self.step, self.diverged = state["epoch"], state["step"], state["diverged"]
@@ -289,18 +324,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: must be at least 1")
     set_threads(args.threads)
-    saved = load_run_state(args.resume) if args.resume else None
+    saved, saved_identity = read_state(args.resume) if args.resume else (None, None)
     if saved is not None:
         overrides = overrides_from_args(args)
         if overrides:
             raise UsageError(f"--resume continues the saved run's configuration; drop --{next(iter(overrides)).replace('_', '-')}")
-        config = make_config(saved["config"], where=str(args.resume))
+        config = make_config(saved_identity["config"], where=str(args.resume))
     else:
         config = make_config(overrides_from_args(args), preset=args.preset, where="command line")
     device = select_device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu or auto")
     corpus = load_corpus(args.data_dir)
+    identity = run_identity(config, corpus.sha256)
+    if saved is not None:  # the configuration is the saved one: what can differ is the corpus
+        check_identity(saved_identity, identity, str(args.resume))
     trainer = Trainer(config, corpus, device, progress=None if args.quiet else print)
     rows: list[dict[str, Any]] = []
     if saved is not None:
@@ -315,27 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.table:
             write_table(pd.DataFrame(rows), args.table, provenance={"config": config.model_dump(), "data": corpus.sha256})
         if args.save:
-            save_run_state({**trainer.state_dict(), "rows": rows}, args.save)
+            save_state(args.save, {**trainer.state_dict(), "rows": rows}, identity)
     if m.TEST_PPL in rows[-1]:
         print(f"Test Perplexity: {rows[-1][m.TEST_PPL]:.3f}")
     return 0
-
-
-def save_run_state(state: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary name, then rename: a crash never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
-
-
-def load_run_state(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise UsageError(f"--resume {path}: no such file") from None
-    except Exception as error:  # a truncated or foreign file: torch raises several kinds
-        raise UsageError(f"--resume {path}: not a saved run state ({type(error).__name__})") from None
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ import torch
 from ray import tune
 
 from study.data import Corpus
+from study.progress import progress_sender
 from study.spaces import trial_config
+from study.state import check_identity, read_state, run_identity, save_state
 from study.train import Trainer, set_threads
 
 STATE_FILE = "state.pt"
@@ -36,16 +38,23 @@ def train_trial(config: dict[str, Any], corpus: Corpus, preset: str = "small") -
     set_threads(trial_threads(resources))
     # Ray hides every GPU but the ones it assigned to this trial, so "cuda" is the trial's own GPU.
     device = torch.device("cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu")
-    trainer = Trainer(run, corpus, device)
+    # Progress inside each epoch goes to the driver's live view (study/progress.py), if it has one.
+    trainer = Trainer(run, corpus, device, progress=progress_sender(tune.get_context().get_trial_id()))
+    identity = run_identity(run, corpus.sha256)
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
+        # A corrupted or another trial's checkpoint raises StateError: the trial fails with that
+        # one line as its error instead of training on a state that is not its own.
+        where = f"{checkpoint.path}/{STATE_FILE}"
         with checkpoint.as_directory() as folder:
-            trainer.load_state_dict(torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=False))
+            state, saved_identity = read_state(Path(folder) / STATE_FILE, where)
+        check_identity(saved_identity, identity, where)
+        trainer.load_state_dict(state)
 
     for result in trainer.epochs():
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(trainer.state_dict(), Path(folder) / STATE_FILE)
+            save_state(Path(folder) / STATE_FILE, trainer.state_dict(), identity)
             # node_id: which machine of a cluster trained the trial (Ray's node_ip is shared by
             # nodes on one host).
             result = {**result, "node_id": ray.get_runtime_context().get_node_id()}

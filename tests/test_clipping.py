@@ -196,3 +196,63 @@ def test_from_config_takes_mode_threshold_and_percentile():
     clipper = Clipper.from_config(config, "cpu", steps_per_epoch=300, epochs=2)
     assert (clipper.mode, clipper.threshold, clipper.percentile) == ("adaptive", 2.0, 50.0)
     assert clipper.state_dict()["norms"].numel() == 0
+
+
+
+def offset_gradient(elements: int, seed: int) -> torch.Tensor:
+    """A float32 gradient whose elements share a mean offset: the case where one float32 running
+    sum of squares loses the most (every square is alike, so the sum's rounding never cancels)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(elements, generator=generator) * 1e-5 + 3e-3
+
+
+def float64_norm(*grads: torch.Tensor) -> float:
+    return math.sqrt(sum(float(g.double().square().sum()) for g in grads))
+
+
+def as_parameters(*grads: torch.Tensor) -> list[torch.nn.Parameter]:
+    parameters = []
+    for grad in grads:
+        parameter = torch.nn.Parameter(torch.zeros_like(grad))
+        parameter.grad = grad.clone()
+        parameters.append(parameter)
+    return parameters
+
+
+@pytest.mark.parametrize("mode", study.clipping.MODES)
+def test_recorded_norm_of_a_multi_million_element_gradient_is_exact_to_1e_6(mode):
+    # The small preset's softmax-weight gradient has 2M elements; torch's float32 norm kernel is
+    # over 1e-5 low on this 4M-element one (asserted, so the test keeps its teeth).
+    big, small = offset_gradient(4_000_000, 0), offset_gradient(1000, 1)
+    reference = float64_norm(big, small)
+    assert abs(float(torch.linalg.vector_norm(big)) - float64_norm(big)) / float64_norm(big) > 1e-5
+    clipper = Clipper(mode, threshold=1e9)  # far above the norm: the record is what is tested
+    clipper.clip_(as_parameters(big, small))
+    recorded = clipper.epoch_summary()[m.GRAD_NORM_MAX]
+    assert abs(recorded - reference) / reference < 1e-6
+
+
+@pytest.mark.parametrize("mode", ["global_norm", "per_tensor_norm", "adaptive"])
+@pytest.mark.parametrize("side", [1, -1])
+def test_clipping_decision_is_exact_just_around_the_threshold(mode, side):
+    """A 4M-element gradient whose float64 norm is 1e-6 above c is clipped to c and recorded as
+    clipped; 1e-6 below c it stays bit for bit and is recorded as not clipped. (A float32 running
+    sum reads this norm ~1e-4 low: the step above c would pass unclipped.)"""
+    grad = offset_gradient(4_000_000, 2)
+    c = float64_norm(grad) / (1 + side * 1e-6)
+    clipper = Clipper(mode, threshold=c, percentile=1e-9)
+    if mode == "adaptive":  # c = the (nearly) 0th percentile of the history: a first step of norm c
+        first = grad * (c / float64_norm(grad))
+        c = float64_norm(first)
+        grad = first * (1 + side * 1e-6)
+        clipper.clip_(as_parameters(first))
+        clipper.epoch_summary()
+    parameters = as_parameters(grad)
+    clipper.clip_(parameters)
+    summary = clipper.epoch_summary()
+    if side > 0:
+        assert summary[m.CLIP_FRACTION] == 1.0
+        assert abs(float64_norm(parameters[0].grad) - c) / c < 1e-6
+    else:
+        assert summary[m.CLIP_FRACTION] == 0.0
+        assert torch.equal(parameters[0].grad, grad)

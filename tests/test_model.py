@@ -8,16 +8,23 @@ def small(keep_prob=1.0):
     return LSTMLanguageModel(vocab_size=50, hidden_size=8, num_layers=2, keep_prob=keep_prob, init_scale=0.1)
 
 
-def test_parameters_are_tfs_and_start_uniform_in_the_init_scale():
+def test_parameters_are_tfs_lstm_biases_start_at_zero_the_rest_uniform_in_the_init_scale():
+    """As TF's tutorial graph: the cell biases start at 0 (BasicLSTMCell's zeros initializer wins
+    over the scope's uniform one); every other variable, the softmax bias included, is uniform."""
     model = small()
     # TF: embedding [V,H]; per layer kernel [2H,4H] + bias [4H]; softmax w [H,V] + b [V].
     tf_count = 50 * 8 + 2 * (2 * 8 * 4 * 8 + 4 * 8) + 8 * 50 + 50
     assert sum(p.numel() for p in model.trainable_parameters()) == tf_count
     for name, parameter in model.named_parameters():
-        if name.startswith("lstm.bias_hh"):
-            assert not parameter.requires_grad and parameter.abs().max() == 0
+        if name.startswith("lstm.bias"):
+            assert parameter.abs().max() == 0
+            assert parameter.requires_grad == name.startswith("lstm.bias_ih")  # bias_hh: frozen
         else:
+            assert parameter.requires_grad
             assert parameter.abs().max() <= 0.1 and parameter.std() > 0.03
+    assert {name for name, _ in model.named_parameters() if name.startswith("lstm.bias")} == {
+        f"lstm.bias_{kind}_l{layer}" for kind in ("ih", "hh") for layer in (0, 1)
+    }
 
 
 def test_shapes_and_state_carry():
