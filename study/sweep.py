@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,11 @@ from ray import tune
 from study import metrics as m
 from study.data import DATA_ENV, Corpus, load_corpus
 from study.errors import UsageError, main_with_errors
+from study.estimate import Calibration, calibration, estimate_lines, trial_epochs
+from study.progress import SweepProgress, quiet_ray, start_board
 from study.report import child_location, code_versions, filesystem_and_path, git_state, write_report
 from study.spaces import Space, load_space, trial_config
-from study.trainable import train_trial
+from study.trainable import train_trial, trial_threads
 from study.train import available_cpus
 
 STUDY_FILE = "study.json"  # what the report needs to know about the study, beside Ray's state
@@ -43,6 +47,7 @@ class SweepOptions:
     num_samples: int
     max_failures: int = 2
     resume: bool = False
+    verbose: bool = False  # Ray's own console output instead of study.progress's view
 
     @property
     def experiment(self) -> str:
@@ -64,16 +69,34 @@ def experiment_exists(experiment: str) -> bool:
     )
 
 
-def plan(options: SweepOptions, cluster_cpus: float | None, cluster_gpus: float | None) -> str:
+def trials_at_once(options: SweepOptions, cluster_cpus: float | None, cluster_gpus: float | None) -> int | None:
+    """How many trials the cluster holds at once; None when its CPUs are unknown (before joining it)."""
+    if not cluster_cpus:
+        return None
+    limits = [cluster_cpus // options.cpus_per_trial]
+    if options.gpus_per_trial:
+        limits.append((cluster_gpus or 0) // options.gpus_per_trial)
+    return int(min(limits))
+
+
+def plan_timing(options: SweepOptions, corpus: Corpus | None) -> Calibration | str:
+    """Seconds per epoch of one trial here: cached, or timed on `corpus` with a trial's threads and device."""
+    threads = trial_threads({"CPU": options.cpus_per_trial})
+    return calibration(options.space.base_config(), corpus, threads, "cuda" if options.gpus_per_trial else "cpu")
+
+
+def plan(
+    options: SweepOptions,
+    cluster_cpus: float | None,
+    cluster_gpus: float | None,
+    timing: Calibration | str | None = None,
+    shared_epochs_saved: int = 0,  # trial-epochs that shared prefixes train once (study/prefix.py)
+) -> str:
     """What the sweep will do, printed before it starts (and alone with --dry-run)."""
     space = options.space
     trials = space.trial_count(options.num_samples)
-    concurrency = "?"
-    if cluster_cpus:
-        limits = [cluster_cpus // options.cpus_per_trial]
-        if options.gpus_per_trial:
-            limits.append((cluster_gpus or 0) // options.gpus_per_trial)
-        concurrency = str(int(min(limits)))
+    at_once = trials_at_once(options, cluster_cpus, cluster_gpus)
+    concurrency = "?" if at_once is None else str(at_once)
     lines = [
         f"Study '{space.name}' ({space.path}): {space.description.strip()}",
         f"  preset {space.preset}, {options.epochs} epochs per trial, varying {', '.join(space.varied_keys()) or 'nothing'}",
@@ -84,6 +107,8 @@ def plan(options: SweepOptions, cluster_cpus: float | None, cluster_gpus: float 
         f"{concurrency} trials at once on {cluster_cpus or '?'} CPUs and {cluster_gpus or 0:g} GPUs",
         f"  retries per trial: {options.max_failures}; results: {options.experiment}" + (" (resuming)" if options.resume else ""),
     ]
+    counts = trial_epochs(space, options.epochs, options.num_samples, shared_epochs_saved)
+    lines += estimate_lines(counts, timing, at_once)
     warning = space.decay_warning(options.epochs)
     if warning:
         lines.append(f"WARNING: {warning}")
@@ -97,7 +122,11 @@ def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Call
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )
     if options.resume:
-        return tune.Tuner.restore(options.experiment, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(options.experiment, trainable, resume_unfinished=True, resume_errored=True)
+        # tuner.pkl holds the first run's RunConfig: this run's callbacks and verbosity replace its own.
+        run_config = tuner._local_tuner.get_run_config()
+        run_config.callbacks, run_config.verbose = callbacks, None if options.verbose else 0
+        return tuner
     return tune.Tuner(
         trainable,
         param_space=space.param_space(options.epochs),
@@ -108,6 +137,7 @@ def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Call
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
+            verbose=None if options.verbose else 0,  # 0: study.progress draws the progress instead
         ),
     )
 
@@ -153,6 +183,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker dies (default 2)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep in <storage>/<study>")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit without training")
+    parser.add_argument("--verbose", action="store_true", help="Ray Tune's own console output instead of the compact progress view")
     return parser.parse_args(argv)
 
 
@@ -171,6 +202,7 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
         num_samples=args.num_samples or space.num_samples,
         max_failures=args.max_failures,
         resume=args.resume,
+        verbose=args.verbose,
     )
 
 
@@ -184,22 +216,71 @@ def main(argv: list[str] | None = None) -> int:
     if not options.resume and exists:
         raise UsageError(f"{options.experiment} already holds this study: add --resume to continue it, or choose another --storage")
     address = args.address or os.environ.get("RAY_ADDRESS")
+    if not args.verbose:
+        quiet_ray()
     if args.dry_run:
         cpus = None if address else available_cpus()
-        print(plan(options, cpus, None if address else 0))
+        timing = plan_timing(options, None)  # the cache, else time on the data if it is here (no download)
+        if isinstance(timing, str):
+            try:
+                timing = plan_timing(options, load_corpus(args.data_dir, urls=()))
+            except UsageError as error:  # a wrong --data-dir says so; no data at all keeps the reason above
+                timing = str(error) if args.data_dir else timing
+        print(plan(options, cpus, None if address else 0, timing))
         return 0
     corpus = load_corpus(args.data_dir)  # before Ray starts: a data problem is one line, not a trial error
-    ray.init(address=address, log_to_driver=False, include_dashboard=False if address is None else None)
+    timing = plan_timing(options, corpus)  # before Ray starts, so that nothing else runs meanwhile
+    ray.init(
+        address=address, log_to_driver=False, include_dashboard=False if address is None else None,
+        logging_level=logging.INFO if args.verbose else logging.WARNING,
+    )
     resources = ray.cluster_resources()
-    print(plan(options, resources.get("CPU"), resources.get("GPU", 0)), flush=True)
-    results = run_sweep(options, corpus)
-    print(closing_summary(options, results))
-    return 0
+    print(plan(options, resources.get("CPU"), resources.get("GPU", 0), timing), flush=True)
+    tracker = SweepProgress.for_sweep(
+        options.space, options.epochs, options.num_samples, timing,
+        trials_at_once(options, resources.get("CPU"), resources.get("GPU", 0)), start_board(), verbose=args.verbose,
+    )
+    try:
+        results = run_sweep(options, corpus, [tracker])
+    except KeyboardInterrupt:  # a second Ctrl-C, while Tune was saving its state
+        results = None
+    finally:
+        tracker.close()
+    if results is not None:
+        print(closing_summary(options, results))
+    if results is None or tracker.interrupted:
+        print("\n".join(tracker.interruption_lines(options.experiment, resume_command(args, options, corpus.folder))))
+        return 130  # as a shell reports a command stopped by SIGINT
+    return 1 if any(result.error for result in results) else 0
+
+
+def resume_command(args: argparse.Namespace, options: SweepOptions, data_dir: str) -> str:
+    """The command that continues this sweep: the space as given, the storage and data folder it
+    used, and whatever else was given that a resumed run still reads."""
+    words = ["python", "-m", "study.sweep", args.space, "--storage", options.storage, "--data-dir", data_dir]
+    for flag in ("address", "cpus_per_trial", "gpus_per_trial", "num_samples", "epochs"):
+        value = getattr(args, flag)
+        if value is not None:
+            words += [f"--{flag.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+    if args.seeds:
+        words += ["--seeds", *map(str, args.seeds)]
+    if args.max_failures != SweepOptions.max_failures:
+        words += ["--max-failures", str(args.max_failures)]
+    if args.verbose:
+        words.append("--verbose")
+    return shlex.join([*words, "--resume"])
+
+
+def error_line(error: BaseException) -> str:
+    """The last line of a trial's error: for a StateError, the refusal naming the checkpoint."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def closing_summary(options: SweepOptions, results: tune.ResultGrid) -> str:
-    errors = sum(1 for result in results if result.error)
-    lines = [f"{len(results)} trials, {errors} errored."]
+    errored = [result for result in results if result.error]
+    lines = [f"{len(results)} trials, {len(errored)} errored" + ("." if not errored else " after their retries:")]
+    lines += [f"  {Path(result.path).name}: {error_line(result.error)}" for result in errored]
     try:
         best = results.get_best_result(metric=m.OBJECTIVE, mode=m.MODE, scope="all", filter_nan_and_inf=True)
     except RuntimeError:  # no trial reported a finite valid_ppl yet (interrupted early, or all diverged)

@@ -1,0 +1,239 @@
+"""How long a study will take: its trial-epochs, this machine's seconds per epoch, the wall time.
+
+    python -m study.sweep grad_clip --dry-run --data-dir ../shared/data/ptb   # the plan prints this estimate
+
+    counts = trial_epochs(space, epochs=13, num_samples=1)      # grad_clip: 832 full grid, 592 with ASHA
+    timing = calibration(space.base_config(), corpus, threads=1, device="cpu")   # seconds per epoch, cached
+    print("\\n".join(estimate_lines(counts, timing, concurrency=2)))
+
+Trial-epochs with ASHA are an expectation: at each rung 1/reduction_factor of the trials that reach
+it go on (ASHA's ideal; early arrivals at a rung always go on, so real sweeps run somewhat more).
+The calibration trains a handful of steps of the study's base run (preset + fixed settings) on the
+loaded corpus with the trial's thread count, after as many steps of warm-up, and converts them to
+seconds per epoch: steps per epoch x seconds per step + the validation pass. The test pass at the
+end of a completed trial (under 3% of a trial on PTB) is left out. Results are cached per machine
+and run shape in `$XDG_CACHE_HOME/study/calibration.json` (else ~/.cache/...), so a second plan is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from study import metrics as m
+from study.config import TrainConfig
+from study.data import Corpus, cache_dir, num_batches
+from study.spaces import AshaSettings, Space
+from study.train import Trainer, set_threads
+
+CACHE_FILE = "calibration.json"
+TIMED_STEPS = 16  # per timed pass; as many again warm up (allocations, thread pool, first calls)
+
+
+@dataclass(frozen=True)
+class TrialEpochs:
+    """A study's planned work, in epochs of one trial."""
+
+    trials: int
+    epochs: int  # per trial, ASHA's max_t
+    asha: float  # expected trial-epochs with ASHA's stops
+    rungs: tuple[int, ...]
+    reduction_factor: float
+    shared_saved: int = 0  # trial-epochs that shared prefixes train once instead of per trial
+
+    @property
+    def full(self) -> int:
+        return self.trials * self.epochs
+
+    @property
+    def planned(self) -> float:
+        """What the sweep is expected to train: ASHA's expectation less the shared prefixes."""
+        return max(self.asha - self.shared_saved, 0.0)
+
+
+def expected_epochs(rungs: tuple[int, ...] | list[int], reduction_factor: float, max_t: int, done: int = 0) -> float:
+    """Epochs a trial is expected to train in all, having trained `done` and still running:
+    at each rung past `done`, 1/reduction_factor of the trials go on."""
+    total, alive, at = float(done), 1.0, done
+    for rung in [r for r in rungs if r > done] + [max_t]:
+        total += alive * (rung - at)
+        alive /= reduction_factor
+        at = rung
+    return total
+
+
+def brackets(space: Space, epochs: int) -> list[tuple[float, tuple[int, ...]]]:
+    """(share of the trials, rungs) per ASHA bracket. Bracket s has bracket 0's milestones with the
+    grace period times rf**s; Ray puts a trial in bracket s with weight e**(its rung count)."""
+    settings = space.scheduler
+    found = []
+    for s in range(settings.brackets):
+        grace = settings.grace_period * settings.reduction_factor**s
+        one = replace(space, scheduler=AshaSettings(grace, settings.reduction_factor, 1))
+        found.append(tuple(one.rungs(epochs)) if grace <= epochs else ())
+    weights = [math.exp(len(rungs)) for rungs in found]
+    return [(weight / sum(weights), rungs) for weight, rungs in zip(weights, found)]
+
+
+def trial_epochs(space: Space, epochs: int, num_samples: int | None = None, shared_epochs_saved: int = 0) -> TrialEpochs:
+    """The study's trial-epochs: the full grid, ASHA's expectation, and what sharing saves."""
+    trials = space.trial_count(num_samples)
+    per_trial = sum(share * expected_epochs(rungs, space.scheduler.reduction_factor, epochs) for share, rungs in brackets(space, epochs))
+    return TrialEpochs(
+        trials=trials, epochs=epochs, asha=trials * per_trial, rungs=tuple(space.rungs(epochs)),
+        reduction_factor=space.scheduler.reduction_factor, shared_saved=shared_epochs_saved,
+    )
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Seconds per epoch of one trial on this machine, and what they are made of."""
+
+    seconds_per_epoch: float
+    step_seconds: float
+    steps_per_epoch: int
+    valid_seconds: float
+    threads: int
+    device: str
+    corpus: str  # sha256 of the training file it was timed on
+    measured: str  # local time of the measurement, YYYY-MM-DD HH:MM
+    cached: bool = False  # read from the cache rather than timed now
+
+
+def cache_path() -> Path:
+    """Beside the PTB cache: $XDG_CACHE_HOME/study/calibration.json, else ~/.cache/study/..."""
+    return cache_dir().parent / CACHE_FILE
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def calibration_key(config: TrainConfig, threads: int, device: str) -> str:
+    """What makes a step faster or slower: the machine, torch, threads and the run's shape."""
+    shape = {name: getattr(config, name) for name in ("num_layers", "hidden_size", "num_steps", "batch_size", "max_words", "precision")}
+    key = {"threads": threads, "device": device, "torch": torch.__version__, "cpu": cpu_model(), **shape}
+    return json.dumps(key, sort_keys=True)
+
+
+def measure(config: TrainConfig, corpus: Corpus, threads: int, device: str, steps: int = TIMED_STEPS) -> Calibration:
+    """Time `steps` training steps and a validation pass of `config` after a warm-up of as many,
+    on the first words of `corpus`; scale to a whole epoch of the corpus."""
+    full = corpus.truncated(config.max_words)
+    bs, ns = config.batch_size, config.num_steps
+    steps_per_epoch = num_batches(len(full.train) // bs, ns, batch_size=bs)
+    valid_words = num_batches(len(full.valid) // bs, ns, batch_size=bs) * bs * ns
+    steps = min(steps, steps_per_epoch)
+    # Epochs past the probe's two, so that neither runs the test pass.
+    probe = config.model_copy(update={"max_words": bs * (steps * ns + 1), "epochs": config.epochs + 2})
+    previous = torch.get_num_threads()
+    set_threads(threads)
+    try:
+        trainer = Trainer(probe, corpus, device)
+        trainer.run_epoch()  # warm-up
+        result = trainer.run_epoch()
+    finally:
+        set_threads(previous)
+    train_seconds = steps * bs * ns / result[m.WORDS_PER_SEC]
+    probe_valid_words = num_batches(trainer.valid_data.shape[1], ns) * bs * ns
+    valid_seconds = max(result[m.EPOCH_SECONDS] - train_seconds, 0.0) / probe_valid_words * valid_words
+    step_seconds = train_seconds / steps
+    return Calibration(
+        seconds_per_epoch=steps_per_epoch * step_seconds + valid_seconds, step_seconds=step_seconds,
+        steps_per_epoch=steps_per_epoch, valid_seconds=valid_seconds, threads=threads, device=device,
+        corpus=corpus.sha256.get("ptb.train.txt", ""), measured=time.strftime("%Y-%m-%d %H:%M"),
+    )
+
+
+def calibration(config: TrainConfig, corpus: Corpus | None, threads: int, device: str = "cpu", cache: Path | None = None) -> Calibration | str:
+    """The cached calibration of this machine and run shape, else a new one (then cached); without
+    a corpus to time on and no cache entry: the reason, as a phrase for the plan."""
+    cache = cache_path() if cache is None else cache
+    key = calibration_key(config, threads, device)
+    try:
+        entries = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        entries = {}
+    entry = entries.get(key) if isinstance(entries, dict) else None
+    if entry is not None:
+        try:
+            cached = replace(Calibration(**entry), cached=True)
+        except TypeError:  # written by another version of this module: time again
+            cached = None
+        if cached and (corpus is None or cached.corpus == corpus.sha256.get("ptb.train.txt", "")):
+            return cached
+    if corpus is None:
+        return "no corpus on this machine to time a few steps on (give --data-dir) and none timed before"
+    if device == "cuda" and not torch.cuda.is_available():
+        return "the trials use GPUs and this machine has none to time them on"
+    timing = measure(config, corpus, threads, device)
+    entries = {**(entries if isinstance(entries, dict) else {}), key: {**asdict(timing), "cached": False}}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    temporary = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(entries, indent=1))
+    os.replace(temporary, cache)  # never half a file, even with two plans at once
+    return timing
+
+
+def format_duration(seconds: float) -> str:
+    """A human duration: 'about 45 s', 'about 12 min', 'about 7 h 40 min', 'about 3 d 4 h'."""
+    seconds = max(seconds, 0.0)
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"about {round(seconds)} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"about {minutes} min"
+    if minutes < 48 * 60:
+        step = 10 if minutes >= 3 * 60 else 5  # a long estimate is no better than that
+        minutes = round(minutes / step) * step
+        hours, rest = divmod(minutes, 60)
+        return f"about {hours} h" + (f" {rest} min" if rest else "")
+    hours = round(seconds / 3600)
+    days, rest = divmod(hours, 24)
+    return f"about {days} d" + (f" {rest} h" if rest else "")
+
+
+def estimate_lines(counts: TrialEpochs, timing: Calibration | str | None, concurrency: int | None) -> list[str]:
+    """The plan's lines on the work and its duration."""
+    asha = (
+        f"{counts.asha:.0f} expected with ASHA (1/{counts.reduction_factor:g} go on at epoch"
+        f"{'s' * (len(counts.rungs) > 1)} {', '.join(map(str, counts.rungs))})"
+        if counts.rungs else f"{counts.asha:.0f} with ASHA (no rung before the last epoch)"
+    )
+    lines = [f"  trial-epochs: {counts.full} for the full grid ({counts.trials} x {counts.epochs}); {asha}"]
+    if counts.shared_saved:
+        lines[0] += f"; {counts.planned:.0f} with shared prefixes"
+    if timing is None:
+        return lines
+    if isinstance(timing, str):
+        return [*lines, f"  time: not estimated: {timing}"]
+    per_epoch = (
+        f"{timing.seconds_per_epoch:.0f} s an epoch = {timing.steps_per_epoch} steps x {timing.step_seconds * 1000:.0f} ms "
+        f"+ {timing.valid_seconds:.0f} s validation ({timing.threads} thread{'s' if timing.threads > 1 else ''}, {timing.device}, "
+        + (f"timed {timing.measured}, cached)" if timing.cached else "timed just now)")
+    )
+    work = counts.planned * timing.seconds_per_epoch
+    stops = "ASHA's expected stops" + (", shared prefixes trained once" if counts.shared_saved else "")
+    if concurrency == 0:
+        return [*lines, "  time: not estimated: no node of the cluster has the resources of one trial"]
+    if concurrency is None:
+        return [*lines, f"  time: {format_duration(work)} of training in all; {per_epoch}",
+                f"    to divide by the trials the cluster runs at once (unknown before joining it); assumes {stops}"]
+    at_once = min(concurrency, counts.trials)
+    return [*lines, f"  time: {format_duration(work / at_once)}; {per_epoch}",
+            f"    assumes every node as fast as this one, {at_once} trial{'s' if at_once > 1 else ''} at once, {stops}"]

@@ -1,0 +1,371 @@
+"""Live progress of a sweep: each running trial inside its epoch, the study's epochs and time left.
+
+    python -m study.sweep smoke --data-dir ../shared/data/ptb      # shows it; --verbose: Ray's own output
+
+Trials send `(trial_id, epoch, fraction, words_per_sec)` at their progress points (9 per epoch) to
+a small named Ray actor, the board, without waiting for an answer; this works on every node of a
+cluster. The driver's `SweepProgress`, a `tune.Callback`, polls the board without blocking Tune's
+loop and draws one line per running trial and a study line with `rich`; on a terminal that is a
+live view, elsewhere (CI, `ray job submit` logs) plain lines: one per finished epoch or trial and a
+status line every two minutes. The time left is re-fitted as epochs finish: the trial-epochs still
+expected (ASHA's expectation from where each trial stands) x the mean seconds of the epochs seen
+(the plan's calibration until then) / the trials run at once.
+
+After Ctrl-C, `interruption_lines` says what the checkpoints keep, what unfinished epochs were
+dropped, and the command that resumes the sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray import tune
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from study import metrics as m
+from study.estimate import Calibration, brackets, expected_epochs, format_duration
+from study.spaces import Space, trial_config
+from study.train import EpochProgress
+
+BOARD = "study-progress"  # the board actor's name in the sweep's Ray namespace
+POLL_SECONDS = 1.0  # how often the driver asks the board
+REFRESH_SECONDS = 0.5  # live view redraws at most this often
+LINE_SECONDS = 120.0  # plain output: a status line this often
+BAR_WIDTH = 12  # characters
+
+# Ray's messages that the compact view replaces (logger -> message starts): its interruption note
+# names Tuner.restore (the closing lines give the sweep's own command), and the result grid
+# complains about trials an interruption left unstarted.
+_RAY_NOISE = {
+    "ray.tune.tune": ("Experiment has been interrupted",),
+    "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
+}
+
+
+@ray.remote(num_cpus=0)
+class ProgressBoard:
+    """The latest progress point of every trial: {trial_id: (epoch, fraction, words_per_sec)}."""
+
+    def __init__(self):
+        self.latest: dict[str, tuple[int, float, float]] = {}
+
+    def update(self, trial_id: str, epoch: int, fraction: float, words_per_sec: float) -> None:
+        self.latest[trial_id] = (epoch, fraction, words_per_sec)
+
+    def snapshot(self) -> dict[str, tuple[int, float, float]]:
+        return dict(self.latest)
+
+
+def start_board() -> Any:
+    """The board of this driver's sweeps (an existing one is reused: trial ids never repeat)."""
+    return ProgressBoard.options(name=BOARD, get_if_exists=True).remote()
+
+
+def progress_sender(trial_id: str) -> Callable[[EpochProgress], None] | None:
+    """A `Trainer` progress callback that sends to the board, fire and forget; None without a board."""
+    try:
+        board = ray.get_actor(BOARD)
+    except ValueError:  # a sweep without a display (a test driving the trainable alone)
+        return None
+
+    def send(progress: EpochProgress) -> None:
+        board.update.remote(trial_id, progress.epoch, progress.fraction, progress.words_per_sec)
+
+    return send
+
+
+def quiet_ray() -> None:
+    """Silence Ray Tune's own console output, for the compact view. Ray 2.60: the legacy output
+    engine (RAY_AIR_NEW_OUTPUT=0) at RunConfig(verbose=0) prints no tables, where the new one
+    still prints its configuration box; the snapshot warning repeats every few seconds otherwise."""
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
+    for name, starts in _RAY_NOISE.items():
+        logging.getLogger(name).addFilter(lambda record, starts=starts: not record.getMessage().startswith(starts))
+
+
+@dataclass
+class TrialView:
+    label: str  # the trial's varied settings
+    state: str = "pending"  # pending, running, done
+    epochs: int = 0  # epochs finished
+    started: float = 0.0  # clock when its current epoch began
+    fraction: float = 0.0  # of the current epoch, from the board
+    words_per_sec: float = 0.0
+
+
+class SweepProgress(tune.Callback):
+    """Tracks a sweep's trials from Tune's events and the board; draws them (mode "live" or
+    "lines") or only keeps count (mode "quiet", under --verbose) for the closing lines."""
+
+    def __init__(
+        self,
+        total_trials: int,
+        epochs: int,
+        brackets: list[tuple[float, tuple[int, ...]]],  # estimate.brackets: (share, rungs)
+        reduction_factor: float,
+        seconds_per_epoch: float | None = None,  # the plan's calibration
+        concurrency: int | None = None,
+        label: Callable[[dict[str, Any]], str] = lambda config: "",
+        board: Any = None,
+        mode: str = "live",
+        console: Console | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.total_trials, self.epochs, self.brackets, self.rf = total_trials, epochs, brackets, reduction_factor
+        self.seconds_per_epoch, self.concurrency, self.label, self.board = seconds_per_epoch, concurrency, label, board
+        self.mode, self.clock = mode, clock
+        self.console = console or Console()
+        self.views: dict[str, TrialView] = {}
+        self.epoch_seconds: list[float] = []  # of the epochs finished in this session
+        self.began = self.ended = None
+        self._live: Live | None = None
+        self._asked: Any = None  # the board's answer under way
+        self._last_poll = self._last_draw = self._last_line = -1e9
+
+    @classmethod
+    def for_sweep(
+        cls, space: Space, epochs: int, num_samples: int, timing: Calibration | str | None, concurrency: int | None,
+        board: Any, verbose: bool = False, console: Console | None = None,
+    ) -> SweepProgress:
+        """The view of a sweep of `space`: live on a terminal, plain lines elsewhere, silent under --verbose."""
+        console = console or Console()
+        varied = space.varied_keys()
+
+        def label(config: dict[str, Any]) -> str:
+            run = trial_config(config, space.preset).model_dump()
+            return " ".join(f"{key}={run[key]:g}" if isinstance(run[key], float) else f"{key}={run[key]}" for key in varied)
+
+        return cls(
+            total_trials=space.trial_count(num_samples), epochs=epochs, brackets=brackets(space, epochs),
+            reduction_factor=space.scheduler.reduction_factor,
+            seconds_per_epoch=timing.seconds_per_epoch if isinstance(timing, Calibration) else None,
+            concurrency=concurrency, label=label, board=board,
+            mode="quiet" if verbose else "live" if console.is_terminal else "lines", console=console,
+        )
+
+    def __reduce__(self):
+        # Ray keeps the RunConfig, callbacks included, in tuner.pkl; a display belongs to one process.
+        return (tune.Callback, ())
+
+    # Tune's events
+
+    def setup(self, **info) -> None:
+        self.began = self.clock()
+        if self.mode == "live":
+            self._live = Live(self.render(), console=self.console, auto_refresh=False, transient=False)
+            self._live.start()
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        for trial in trials:
+            if trial.trial_id not in self.views:  # first sight; a resumed sweep's finished trials are done already
+                view = self._view(trial)
+                if trial.status in ("TERMINATED", "ERROR"):
+                    view.state = "done"
+                view.epochs = (trial.last_result or {}).get(m.EPOCH, 0)
+        self._poll()
+        self._draw()
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        view = self._view(trial)
+        view.state, view.started, view.fraction = "running", self.clock(), 0.0
+        view.epochs = (trial.last_result or {}).get(m.EPOCH, view.epochs)
+        self._draw(force=True)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        view = self._view(trial)
+        view.epochs, view.started, view.fraction = result.get(m.EPOCH, view.epochs + 1), self.clock(), 0.0
+        if m.EPOCH_SECONDS in result and not result.get("shared_prefix"):  # a shared epoch was not trained here
+            self.epoch_seconds.append(result[m.EPOCH_SECONDS])
+        self._say(f"{view.label}: epoch {view.epochs}/{self.epochs}, {m.VALID_PPL} {result.get(m.VALID_PPL, math.nan):.2f}, {result.get(m.EPOCH_SECONDS, 0):.0f} s")
+        self._draw(force=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        view = self._view(trial)
+        view.state = "done"
+        last = trial.last_result or {}
+        how = (
+            f"diverged at epoch {view.epochs}" if last.get(m.DIVERGED)
+            else f"finished, {m.TEST_PPL} {last[m.TEST_PPL]:.2f}" if m.TEST_PPL in last
+            else f"stopped by ASHA after epoch {view.epochs}"
+        )
+        self._say(f"{view.label}: {how}")
+        self._draw(force=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._view(trial).state = "done"
+        self._say(f"{self._view(trial).label}: error after its retries, see {trial.path}")
+        self._draw(force=True)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        self._view(trial).state = "pending"  # its worker died; Tune restarts it from its checkpoint
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self.ended = self.clock()
+        self._poll(wait=True)
+        self.close()
+
+    def close(self) -> None:
+        """Stop the live view, leaving its last frame on the screen."""
+        if self._live is not None:
+            self._live.update(self.render(), refresh=True)
+            self._live.stop()
+            self._live = None
+
+    # What it shows
+
+    @property
+    def done_epochs(self) -> int:
+        return sum(view.epochs for view in self.views.values())
+
+    def counts(self) -> dict[str, int]:
+        states = [view.state for view in self.views.values()]
+        running, done = states.count("running"), states.count("done")
+        return {"running": running, "done": done, "waiting": self.total_trials - running - done}
+
+    def expected_total(self) -> float:
+        """Trial-epochs done plus those still expected, re-fitted from where each trial stands."""
+        per_trial = lambda done: sum(share * expected_epochs(rungs, self.rf, self.epochs, done) for share, rungs in self.brackets)  # noqa: E731
+        unseen = self.total_trials - len(self.views)
+        return unseen * per_trial(0) + sum(
+            view.epochs if view.state == "done" else per_trial(view.epochs) for view in self.views.values()
+        )
+
+    def seconds_left(self) -> float | None:
+        per_epoch = sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else self.seconds_per_epoch
+        if not per_epoch:
+            return None
+        running = sum(view.fraction for view in self.views.values() if view.state == "running")
+        left = max(self.expected_total() - self.done_epochs - running, 0.0)
+        unfinished = self.total_trials - self.counts()["done"]
+        at_once = max(1, min(self.concurrency or self.counts()["running"] or 1, unfinished))
+        return left * per_epoch / at_once
+
+    def study_text(self) -> str:
+        counts, left = self.counts(), self.seconds_left()
+        elapsed = format_duration(self.clock() - self.began).removeprefix("about ") if self.began is not None else "0 s"
+        return (
+            f"{self.done_epochs}/~{self.expected_total():.0f} trial-epochs | {counts['running']} running, "
+            f"{counts['done']} done, {counts['waiting']} waiting | {elapsed} in"
+            + (f", {format_duration(left)} left" if left is not None and counts["done"] < self.total_trials else "")
+        )
+
+    def trial_text(self, view: TrialView) -> str:
+        inside = f"{view.fraction:.0%} of epoch {view.epochs + 1}/{self.epochs}"
+        if not view.fraction:
+            inside = f"epoch {view.epochs + 1}/{self.epochs}, begun {self.clock() - view.started:.0f} s ago"
+        return inside + (f", {view.words_per_sec:,.0f} words/s" if view.words_per_sec else "")
+
+    def render(self) -> Group:
+        """The compact view: a study line, then one line per running trial."""
+        study = Table.grid(padding=(0, 1))
+        study.add_column(width=BAR_WIDTH)
+        study.add_column()  # may wrap on a narrow terminal
+        study.add_row(ProgressBar(total=max(self.expected_total(), 1), completed=self.done_epochs, width=BAR_WIDTH), self.study_text())
+        trials = Table.grid(padding=(0, 1))
+        trials.add_column(width=BAR_WIDTH)
+        trials.add_column(no_wrap=True, overflow="ellipsis")  # one line per trial, cut on a narrow terminal
+        for view in self.views.values():
+            if view.state == "running":
+                trials.add_row(ProgressBar(total=1.0, completed=view.fraction, width=BAR_WIDTH), f"{view.label}: {self.trial_text(view)}")
+        return Group(study, trials)
+
+    def interruption_lines(self, experiment: str, resume: str) -> list[str]:
+        """What an interrupted sweep kept and dropped, and the command that resumes it."""
+        now = self.ended if self.ended is not None else self.clock()
+        inside = [view for view in self.views.values() if view.state == "running"]
+        per_epoch = sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else self.seconds_per_epoch
+        lost = []
+        for view in inside:
+            fraction = view.fraction or (min((now - view.started) / per_epoch, 1.0) if per_epoch else 0.0)
+            lost.append(f"{fraction:.1f}" if fraction >= 0.05 else "under 0.1")
+        unstarted = self.total_trials - len(inside) - self.counts()["done"]
+        trained = sum(view.epochs > 0 for view in self.views.values())
+        lines = [
+            f"Interrupted. Kept: {self.done_epochs} finished trial-epochs of {trained} trial{'s' * (trained != 1)}, "
+            f"each trial's last finished epoch as its checkpoint in {experiment}.",
+        ]
+        if inside:
+            wasted = format_duration(sum(now - view.started for view in inside)).removeprefix("about ")
+            were = "trial was" if len(inside) == 1 else "trials were"
+            lines.append(
+                f"Dropped: {len(inside)} {were} inside an epoch: {' and '.join(lost) if len(lost) < 3 else ', '.join(lost)} "
+                f"of an epoch lost ({wasted} of training); resuming reruns {'it' if len(inside) == 1 else 'them'} from the last checkpoint."
+            )
+        else:
+            lines.append("Dropped: nothing; no trial was inside an epoch.")
+        if unstarted > 0:
+            lines.append(f"{unstarted} trial{'s have' if unstarted != 1 else ' has'} not started.")
+        lines.append(f"Resume: {resume}")
+        return lines
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the sweep ended with trials neither finished nor errored (Ctrl-C, SIGUSR1)."""
+        return self.counts()["done"] < self.total_trials
+
+    # Internals
+
+    def _view(self, trial) -> TrialView:
+        if trial.trial_id not in self.views:
+            try:
+                label = self.label(trial.config) or trial.trial_id
+            except Exception:  # a config the label cannot read: the id still names the trial
+                label = trial.trial_id
+            self.views[trial.trial_id] = TrialView(label)
+        return self.views[trial.trial_id]
+
+    def _poll(self, wait: bool = False) -> None:
+        """Take the board's answer if it has come (or wait for it), and ask again."""
+        if self.board is None:
+            return
+        if self._asked is None and (wait or self.clock() - self._last_poll >= POLL_SECONDS):
+            self._asked, self._last_poll = self.board.snapshot.remote(), self.clock()
+        if self._asked is None:
+            return
+        ready, _ = ray.wait([self._asked], timeout=5 if wait else 0)
+        if not ready:
+            return
+        try:
+            latest = ray.get(ready[0])
+        except ray.exceptions.RayError:  # the board died: keep going without intra-epoch progress
+            latest = {}
+        self._asked = None
+        self.apply(latest)
+
+    def apply(self, latest: dict[str, tuple[int, float, float]]) -> None:
+        """Take the board's progress points of the running trials' current epochs."""
+        for trial_id, (epoch, fraction, words_per_sec) in latest.items():
+            view = self.views.get(trial_id)
+            if view is not None and view.state == "running" and epoch == view.epochs + 1:
+                view.fraction, view.words_per_sec = fraction, words_per_sec
+
+    def _draw(self, force: bool = False) -> None:
+        now = self.clock()
+        if self._live is not None and (force or now - self._last_draw >= REFRESH_SECONDS):
+            self._live.update(self.render(), refresh=True)
+            self._last_draw = now
+        if self.mode == "lines" and now - self._last_line >= LINE_SECONDS and self.counts()["running"]:
+            running = "; ".join(f"{view.label} {self.trial_text(view)}" for view in self.views.values() if view.state == "running")
+            self._print(f"{self.study_text()} | {running}")
+            self._last_line = now
+
+    def _say(self, text: str) -> None:
+        """An event line (epoch or trial finished): above the live view, or a plain line."""
+        if self._live is not None:
+            self._live.console.print(text, markup=False, highlight=False)
+        elif self.mode == "lines":
+            self._print(text)
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.console.file, flush=True)

@@ -1,0 +1,257 @@
+"""The live progress view: counts and time left from fake Tune events, the board actor on a real
+Ray, the closing lines of an interrupted sweep, and Ctrl-C on a real sweep."""
+
+import io
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import ray
+from ray import tune
+from rich.console import Console
+
+from study import metrics as m
+from study.progress import LINE_SECONDS, SweepProgress, progress_sender, quiet_ray, start_board
+from study.spaces import load_space
+from study.sweep import options_from_args, parse_args, resume_command
+from study.train import EpochProgress
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def trial(trial_id: str, max_grad_norm: float, status: str = "PENDING", epoch: int | None = None):
+    return SimpleNamespace(
+        trial_id=trial_id, status=status, config={"max_grad_norm": max_grad_norm, "lr_decay": 0.5, "seed": 0},
+        last_result={} if epoch is None else {m.EPOCH: epoch}, path=f"/results/{trial_id}",
+    )
+
+
+def tracker(mode: str, clock: Clock, **kwargs) -> tuple[SweepProgress, io.StringIO]:
+    out = io.StringIO()
+    console = Console(file=out, width=150, force_terminal=mode == "live", color_system=None)
+    options = dict(total_trials=4, epochs=4, brackets=[(1.0, (2,))], reduction_factor=2, seconds_per_epoch=50.0, concurrency=2)
+    options.update(kwargs)
+    space = load_space("grad_clip")
+    label = SweepProgress.for_sweep(space, 13, 1, None, None, None, console=console).label
+    view = SweepProgress(**options, label=label, mode=mode, console=console, clock=clock)
+    view.setup()
+    return view, out
+
+
+def epoch_result(epoch: int, seconds: float = 100.0) -> dict:
+    return {m.EPOCH: epoch, m.VALID_PPL: 150.0 - epoch, m.EPOCH_SECONDS: seconds}
+
+
+def test_view_shows_running_trials_inside_their_epoch_and_the_study_counts():
+    clock = Clock()
+    view, _ = tracker("quiet", clock)
+    a, b = trial("a", 0.25), trial("b", 5.0)
+    view.on_step_begin(0, [a, b])
+    for t in (a, b):
+        view.on_trial_start(0, [a, b], t)
+    view.on_trial_result(0, [a, b], a, epoch_result(1))
+    view.apply({"a": (2, 0.4, 3500.0), "b": (1, 0.7, 3400.0), "gone": (1, 0.5, 1.0)})
+    clock.now += 30
+    text = render(view)
+    assert "max_grad_norm=0.25 lr_decay=0.5 seed=0" in text and "40% of epoch 2/4, 3,500 words/s" in text
+    assert "70% of epoch 1/4, 3,400 words/s" in text
+    # Expected: 4 trials x (2 + 2/2) epochs = 12; 1 done; 2 running, none finished, 2 never seen.
+    assert "1/~12 trial-epochs | 2 running, 0 done, 2 waiting | 30 s in" in text
+    # Left: 12 - 1 done - 1.1 under way = 9.9 trial-epochs x 100 s (the observed epoch, not the plan's 50) / 2 at once.
+    assert view.seconds_left() == pytest.approx(9.9 * 100 / 2)
+
+
+def render(view: SweepProgress) -> str:
+    console = Console(file=io.StringIO(), width=150, color_system=None)
+    console.print(view.render())
+    return console.file.getvalue()
+
+
+def test_time_left_is_refitted_as_asha_stops_trials():
+    clock = Clock()
+    view, _ = tracker("quiet", clock, total_trials=2)
+    a, b = trial("a", 1.0), trial("b", 2.0)
+    for t in (a, b):
+        view.on_trial_start(0, [a, b], t)
+        for epoch in (1, 2):
+            view.on_trial_result(0, [a, b], t, epoch_result(epoch, seconds=60))
+    assert view.expected_total() == pytest.approx(8)  # still running after the rung at 2: both go on to 4
+    b.last_result = {m.EPOCH: 2}
+    view.on_trial_complete(0, [a, b], b)  # ASHA stopped b at its rung
+    assert view.expected_total() == pytest.approx(4 + 2)  # a runs its last 2 epochs (past its only rung)
+    assert view.seconds_left() == pytest.approx(2 * 60 / 1)  # one trial left: one at a time
+    assert view.interrupted
+
+
+def test_plain_output_has_no_control_codes_and_a_modest_rate():
+    clock = Clock()
+    view, out = tracker("lines", clock)
+    a = trial("a", 0.5)
+    view.on_trial_start(0, [a], a)  # the first status line comes at once
+    for second in range(1, 100):  # Tune's loop steps many times a second; no new line within LINE_SECONDS
+        clock.now += 1
+        view.on_step_begin(second, [a])
+    view.on_trial_result(0, [a], a, epoch_result(1))
+    clock.now += LINE_SECONDS
+    view.on_step_begin(200, [a])
+    lines = out.getvalue().splitlines()
+    assert "\x1b" not in out.getvalue()
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("0/~12 trial-epochs | 1 running") and "max_grad_norm=0.5 lr_decay=0.5 seed=0 epoch 1/4" in lines[0]
+    assert lines[1] == "max_grad_norm=0.5 lr_decay=0.5 seed=0: epoch 1/4, valid_ppl 149.00, 100 s"
+    assert lines[2].startswith("1/~12 trial-epochs")
+
+
+def test_live_view_draws_on_a_terminal_and_leaves_its_last_frame():
+    clock = Clock()
+    view, out = tracker("live", clock)
+    a = trial("a", 20.0)
+    view.on_trial_start(0, [a], a)
+    view.on_trial_result(0, [a], a, epoch_result(1))
+    view.on_experiment_end([a])
+    text = out.getvalue()
+    assert "max_grad_norm=20 lr_decay=0.5 seed=0: epoch 1/4, valid_ppl 149.00, 100 s" in text
+    assert "1/~12 trial-epochs" in text and "\x1b[" in text  # redrawn in place
+
+
+def test_a_resumed_sweep_counts_the_trials_finished_before():
+    clock = Clock()
+    view, _ = tracker("quiet", clock, total_trials=2)
+    done, waiting = trial("a", 1.0, status="TERMINATED", epoch=4), trial("b", 2.0, epoch=2)
+    view.on_step_begin(0, [done, waiting])
+    assert view.done_epochs == 6 and view.counts() == {"running": 0, "done": 1, "waiting": 1}
+    view.on_trial_start(0, [done, waiting], waiting)
+    assert view.views["b"].epochs == 2 and view.interrupted
+    waiting.last_result = {m.EPOCH: 4, m.TEST_PPL: 120.0}
+    view.on_trial_complete(0, [done, waiting], waiting)
+    assert not view.interrupted
+
+
+def test_interrupted_sweep_says_what_is_kept_and_lost_and_how_to_resume(tmp_path):
+    clock = Clock()
+    view, _ = tracker("quiet", clock)
+    a, b, c = trial("a", 0.25), trial("b", 0.5), trial("c", 1.0)
+    for t in (a, b, c):
+        view.on_trial_start(0, [a, b, c], t)
+    view.on_trial_result(0, [a, b, c], a, epoch_result(1))
+    view.on_trial_result(0, [a, b, c], a, epoch_result(2))
+    view.on_trial_result(0, [a, b, c], b, epoch_result(1))
+    view.on_trial_complete(0, [a, b, c], a)
+    view.apply({"b": (2, 0.4, 3000.0), "c": (1, 0.7, 3000.0)})
+    clock.now += 40
+    view.on_experiment_end([a, b, c])
+    assert view.interrupted
+
+    args = parse_args(["grad_clip", "--storage", str(tmp_path / "out"), "--cpus-per-trial", "0.5", "--max-failures", "3"])
+    command = resume_command(args, options_from_args(args), "/data/ptb")
+    assert command == (
+        f"python -m study.sweep grad_clip --storage {tmp_path / 'out'} --data-dir /data/ptb "
+        "--cpus-per-trial 0.5 --max-failures 3 --resume"
+    )
+    lines = view.interruption_lines(str(tmp_path / "out" / "grad_clip"), command)
+    assert lines[0].startswith("Interrupted. Kept: 3 finished trial-epochs of 2 trials")
+    assert lines[1].startswith("Dropped: 2 trials were inside an epoch: 0.4 and 0.7 of an epoch lost (80 s of training)")
+    assert lines[2] == "1 trial has not started."
+    assert lines[3] == f"Resume: {command}"
+    assert parse_args(command.split()[3:]).resume  # the command parses back
+
+
+def test_the_view_pickles_as_a_plain_callback():
+    """Ray keeps the RunConfig with its callbacks in tuner.pkl: a live display must not go there."""
+    view, _ = tracker("live", Clock())
+    view.close()
+    restored = pickle.loads(pickle.dumps(view))
+    assert type(restored) is tune.Callback
+
+
+def test_quiet_ray_drops_only_the_messages_the_view_replaces(monkeypatch):
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")
+    monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "5")
+    loggers = [logging.getLogger(name) for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")]
+    before = [list(logger.filters) for logger in loggers]
+    logger = loggers[0]
+    try:
+        quiet_ray()
+        record = lambda text: logger.makeRecord(logger.name, logging.WARNING, __file__, 1, text, (), None)  # noqa: E731
+        assert not logger.filter(record("Experiment has been interrupted, but the most recent state was saved."))
+        assert logger.filter(record("Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run."))
+    finally:
+        for each, filters in zip(loggers, before):
+            each.filters[:] = filters
+
+
+def test_trials_send_progress_to_the_board_without_waiting(ray_session):
+    @ray.remote
+    def report(trial_id: str) -> bool:
+        send = progress_sender(trial_id)
+        if send is not None:
+            send(EpochProgress(epoch=3, fraction=0.5, perplexity=200.0, words_per_sec=4200.0))
+        return send is not None
+
+    assert not ray.get(report.remote("before"))  # no board: a trial trains without a display
+    board = start_board()
+    try:
+        assert ray.get(report.remote("t1"))
+        clock = Clock()
+        view, _ = tracker("quiet", clock, board=board)
+        view.on_trial_start(0, [], trial("t1", 5.0, epoch=2))
+        deadline = time.time() + 30
+        while view.views["t1"].fraction == 0 and time.time() < deadline:
+            clock.now += 2
+            view.on_step_begin(0, [])  # asks the board, takes its answer at a later step
+            time.sleep(0.05)
+        assert (view.views["t1"].fraction, view.views["t1"].words_per_sec) == (0.5, 4200.0)
+    finally:
+        ray.kill(board)
+
+
+SPACE = """
+description: a sweep to interrupt
+preset: test
+fixed: {epochs: 30, max_words: 0, clip_mode: none}
+vary:
+  max_grad_norm: {grid: [0.5, 1, 2, 5]}
+seeds: [0]
+scheduler: {grace_period: 10, reduction_factor: 2}
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_real_sweep_prints_the_resume_command_and_exits_130(ray_session, tiny_corpus_dir, tmp_path):
+    space = tmp_path / "stop.yaml"
+    space.write_text(SPACE)
+    args = [str(space), "--storage", str(tmp_path / "out"), "--data-dir", str(tiny_corpus_dir), "--address", ray_session]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "study.sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},  # the calibration is timed on the tiny corpus
+    )
+    try:
+        deadline = time.time() + 120
+        while not any(p.stat().st_size for p in (tmp_path / "out" / "stop").glob("*/result.json")) and time.time() < deadline:
+            time.sleep(0.5)
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=300)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output[-3000:]
+    assert "\x1b" not in output  # not a terminal: plain lines
+    assert "trial-epochs: 120 for the full grid (4 x 30)" in output and "\n  time: " in output
+    assert "trial-epochs |" in output and "valid_ppl" in output  # the status and epoch lines
+    assert "Trial status" not in output and "Tuner.restore" not in output  # Ray's own output is replaced
+    resume = next(line for line in output.splitlines() if line.startswith("Resume: "))
+    assert resume == "Resume: " + " ".join(["python", "-m", "study.sweep", *args[:3], "--data-dir", str(tiny_corpus_dir), "--address", ray_session, "--resume"])
+    assert Path(tmp_path / "out" / "stop").is_dir()
