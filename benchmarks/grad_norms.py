@@ -1,6 +1,6 @@
-"""What exact gradient norms cost: training words/s with study's norms (squares summed pairwise,
-study.clipping.squared_norms) against torch's float32 norm kernels (one float32 running sum, ~1e-3 low on PTB's 2M-element
-softmax gradient), taking turns window by window in one process so that both see the same drift;
+"""What exact gradient norms cost: training words/s with study's norms (float32 norms of 256-element
+blocks added in float64, study.clipping.squared_norms) against torch's float32 norm kernels on
+whole tensors (~1e-3 low on PTB's 2M-element softmax gradient), taking turns window by window in one process so that both see the same drift;
 then the time of the clipping call alone, which drifts less.
 
     python benchmarks/grad_norms.py --data-dir ../shared/data/ptb --threads 2      # ~2 minutes
@@ -27,7 +27,7 @@ def float32_kernel_squared_norms(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(grads)).double().square()
 
 
-VARIANTS = {"exact (pairwise sums)": EXACT, "float32 kernels": float32_kernel_squared_norms}
+VARIANTS = {"exact (block sums)": EXACT, "float32 kernels": float32_kernel_squared_norms}
 
 
 def window(trainer: Trainer, data: torch.Tensor, steps: int) -> float:
