@@ -12,13 +12,15 @@ such as s3://bucket/results/grad_clip); the report goes beside Ray's files:
     summary.md           the answer first, then the pivots, divergence counts and the plots
     *.png                heatmap, validation curves, gradient norms and clipping, test perplexity
 
-Ray's own reader (ExperimentAnalysis) reads the trials, so no Ray needs to run; study.summary
+study.experiment_reader reads the trials from the JSON and CSV text Ray writes and never unpickles
+anything (a folder someone else wrote is safe to report on), so no Ray needs to run; study.summary
 writes the text of summary.md and study.plots the pictures. Every file is written under a
 temporary name and renamed into place: a crash leaves the previous report whole.
 
 How the numbers are made (also stated in summary.md):
 - Status: `completed` trained every epoch; `stopped_early` ASHA (or the trainable) ended it sooner;
-  `diverged` its loss became NaN/inf; `error` Ray marked it failed; `running` started and not
+  `diverged` its loss became NaN/inf; `error` Ray marked it failed (or its entry in Ray's state
+  cannot be read; summary.md's Errors say which); `running` started and not
   finished (still running, or interrupted: Ray saves a running trial as PENDING); `pending` not started.
 - Perplexity statistics of a setting are over its `completed` and `stopped_early` trials (an
   ASHA-stopped trial counts with the best perplexity it reached); diverged trials are left out
@@ -31,7 +33,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import math
 import os
 import platform
@@ -39,7 +40,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.parse
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -56,11 +56,23 @@ import study
 from study import metrics as m
 from study import plots
 from study.errors import UsageError, main_with_errors
+from study.experiment_reader import (
+    EXPECTED,
+    UNREADABLE,
+    Location,
+    TrialState,
+    child_location,
+    error_line,
+    filesystem_and_path,
+    locate,
+    read_history,
+    read_trials,
+    split_location,
+)
 from study.tables import read_provenance, write_table
 
 STUDY_FILE = "study.json"  # written by study.sweep beside Ray's state
 TRIALS, EPOCHS, COMPARISON, SUMMARY = "trials.parquet", "epochs.parquet", "comparison.parquet", "summary.md"
-EXPECTED = "expected the folder of one Ray Tune experiment as study.sweep leaves it (<storage>/<study>/ with experiment_state-*.json)"
 
 STATUSES = ("completed", "stopped_early", "diverged", "error", "running", "pending")
 UNFINISHED = ("running", "pending")
@@ -107,7 +119,7 @@ class Factor:
 class Experiment:
     """What the report knows about one experiment."""
 
-    location: _Location
+    location: Location
     trials: pd.DataFrame
     epochs: pd.DataFrame
     study: dict[str, Any]  # study.json, {} when absent
@@ -127,82 +139,6 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-@dataclass(frozen=True)
-class _Location:
-    """An experiment folder on some filesystem; `local` when it is on this machine."""
-
-    given: str
-    fs: pafs.FileSystem
-    root: str
-    local: Path | None
-
-    def show(self, name: str) -> str:
-        return str(self.local / name) if self.local else child_location(self.given, name)
-
-    def read_text(self, name: str) -> str | None:
-        path = f"{self.root}/{name}"
-        if self.fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with self.fs.open_input_stream(path) as stream:
-            return stream.readall().decode("utf-8", errors="replace")
-
-
-def filesystem_and_path(target: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and path of a local path or a URI (file://, s3://, gs://, ...)."""
-    if "://" in target:
-        return pafs.FileSystem.from_uri(target)
-    return pafs.LocalFileSystem(), Path(target).expanduser().resolve().as_posix()
-
-
-def child_location(location: str, name: str) -> str:
-    """`location`/`name` for a folder or a URI; a URI keeps its query (s3://bucket/path?endpoint_override=…)."""
-    if "://" not in location:
-        return f"{location.rstrip('/')}/{name}"
-    parts = urllib.parse.urlsplit(location)
-    return urllib.parse.urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
-
-
-def split_location(location: str) -> tuple[str, str]:
-    """(parent, name) of a folder or a URI, the inverse of `child_location`."""
-    if "://" not in location:
-        parent, _, name = location.rstrip("/").rpartition("/")
-        return parent or ".", name
-    parts = urllib.parse.urlsplit(location)
-    parent, _, name = parts.path.rstrip("/").rpartition("/")
-    return urllib.parse.urlunsplit(parts._replace(path=parent)), name
-
-
-def _locate(experiment_dir: str | os.PathLike, storage_filesystem: pafs.FileSystem | None = None) -> _Location:
-    """Check that the folder holds a Ray experiment; each way it can fail is a one-line UsageError."""
-    given = str(experiment_dir)
-    try:
-        fs, root = (storage_filesystem, given.rstrip("/")) if storage_filesystem else filesystem_and_path(given)
-        info = fs.get_file_info(root)
-        entries = fs.get_file_info(pafs.FileSelector(root)) if info.type == pafs.FileType.Directory else []
-    except (pa.ArrowException, OSError, ValueError) as error:
-        raise UsageError(f"{given}: cannot open ({str(error).splitlines()[0]}), {EXPECTED}") from None
-    if info.type == pafs.FileType.NotFound:
-        raise UsageError(f"{given}: no such folder, {EXPECTED}")
-    if info.type != pafs.FileType.Directory:
-        raise UsageError(f"{given}: not a folder, {EXPECTED}")
-    if not entries:
-        raise UsageError(f"{given}: the folder is empty, {EXPECTED}")
-    if not any(_is_state_file(entry.base_name) for entry in entries):
-        inside = [
-            entry.base_name for entry in entries
-            if entry.type == pafs.FileType.Directory
-            and any(_is_state_file(e.base_name) for e in fs.get_file_info(pafs.FileSelector(entry.path)))
-        ]
-        hint = f"; experiments inside it: {', '.join(sorted(inside))}" if inside else ""
-        raise UsageError(f"{given}: no Ray Tune experiment state (experiment_state-*.json) here, {EXPECTED}{hint}")
-    local = Path(root) if isinstance(fs, pafs.LocalFileSystem) else None
-    return _Location(given, fs, root, local)
-
-
-def _is_state_file(name: str) -> bool:
-    return name.startswith("experiment_state") and name.endswith(".json")
-
-
 def collect(experiment_dir: str, *, storage_filesystem: pafs.FileSystem | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The experiment's (trials, epochs) tables, as trials.parquet and epochs.parquet hold them.
     `storage_filesystem`: as Ray's RunConfig's, for storage no URI describes (then the path is on it)."""
@@ -211,24 +147,23 @@ def collect(experiment_dir: str, *, storage_filesystem: pafs.FileSystem | None =
 
 
 def load_experiment(experiment_dir: str | os.PathLike, *, storage_filesystem: pafs.FileSystem | None = None) -> Experiment:
-    location = _locate(experiment_dir, storage_filesystem)
+    location = locate(experiment_dir, storage_filesystem)
     study_text = location.read_text(STUDY_FILE)
     try:
         study_info = json.loads(study_text) if study_text is not None else {}
     except json.JSONDecodeError as error:
         raise UsageError(f"{location.show(STUDY_FILE)}: not valid JSON ({error}), expected the file study.sweep writes") from None
 
-    analysis = _analysis(location)
     rows, frames, groups, errors = [], [], {}, {}
-    for trial in sorted(analysis.trials, key=lambda t: t.trial_id):
+    for trial in sorted(read_trials(location), key=lambda t: t.trial_id):
         config, trial_groups = flatten_config(trial.config)
         for label, keys in trial_groups.items():
             groups.setdefault(label, list(dict.fromkeys([*groups.get(label, []), *keys])))
-        history = _history(analysis, trial, location)
+        history = _history(location, trial)
         frames.append(history.assign(trial_id=trial.trial_id))
         rows.append((trial, config, history))
-        if trial.status == "ERROR":
-            errors[trial.trial_id] = _error_line(trial, location)
+        if trial.status in ("ERROR", UNREADABLE):
+            errors[trial.trial_id] = error_line(location, trial)
     if not rows:
         raise UsageError(f"{location.given}: the experiment has no trials yet, {EXPECTED}")
 
@@ -243,21 +178,6 @@ def load_experiment(experiment_dir: str | os.PathLike, *, storage_filesystem: pa
     factors = _factors(varied, groups)
     epochs = _epoch_table(frames, trials, varied)
     return Experiment(location, trials, epochs, study_info, factors, errors)
-
-
-def _analysis(location: _Location):
-    from ray.tune import ExperimentAnalysis  # imports most of Ray Tune: only when a report is made
-
-    # Ray warns for every trial without a result file; pending trials have none, which is no news.
-    ray_logger = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = ray_logger.level
-    ray_logger.setLevel(logging.ERROR)
-    try:
-        return ExperimentAnalysis(location.root, storage_filesystem=location.fs)
-    except (ValueError, KeyError) as error:  # an unreadable state file
-        raise UsageError(f"{location.given}: cannot read Ray's experiment state ({str(error).splitlines()[0]}), {EXPECTED}") from None
-    finally:
-        ray_logger.setLevel(level)
 
 
 def flatten_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
@@ -277,12 +197,10 @@ def _scalar(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str, np.generic)) else json.dumps(value, default=str)
 
 
-def _history(analysis, trial, location: _Location) -> pd.DataFrame:
+def _history(location: Location, trial: TrialState) -> pd.DataFrame:
     """The trial's reports, one row per epoch, the last report of an epoch winning (a resumed
     trial re-reports the epochs after its last checkpoint)."""
-    frame = analysis.trial_dataframes.get(trial.trial_id, pd.DataFrame())
-    if frame.empty:
-        frame = _read_results_tolerantly(trial, location)
+    frame = read_history(location, trial)
     if frame.empty:
         return pd.DataFrame({name: pd.Series(dtype=float) for name in PER_EPOCH})
     if m.EPOCH not in frame and "training_iteration" in frame:
@@ -295,34 +213,7 @@ def _history(analysis, trial, location: _Location) -> pd.DataFrame:
     return frame[keep].reset_index(drop=True)
 
 
-def _read_results_tolerantly(trial, location: _Location) -> pd.DataFrame:
-    """result.json read line by line, for when Ray's reader gave up: a worker killed mid-write
-    leaves a torn last line, which costs that line, not the trial's whole history."""
-    path = f"{trial.storage.trial_fs_path}/result.json"
-    try:
-        with location.fs.open_input_stream(path) as stream:
-            lines = stream.readall().decode("utf-8", errors="replace").splitlines()
-    except (OSError, pa.ArrowException):
-        return pd.DataFrame()
-    rows = []
-    for line in lines:
-        with contextlib.suppress(json.JSONDecodeError):
-            rows.append(json.loads(line))
-    return pd.json_normalize(rows, sep="/") if rows else pd.DataFrame()
-
-
-def _error_line(trial, location: _Location) -> str:
-    name = trial.run_metadata.error_filename
-    if not name:
-        return "(no error file)"
-    with contextlib.suppress(OSError, pa.ArrowException):
-        with location.fs.open_input_stream(f"{trial.storage.trial_fs_path}/{name}") as stream:
-            lines = [line for line in stream.readall().decode("utf-8", errors="replace").splitlines() if line.strip()]
-            return lines[-1].strip() if lines else "(empty error file)"
-    return f"(see {name})"
-
-
-def _trial_row(trial, config: dict[str, Any], history: pd.DataFrame, epochs_expected: int | None) -> dict[str, Any]:
+def _trial_row(trial: TrialState, config: dict[str, Any], history: pd.DataFrame, epochs_expected: int | None) -> dict[str, Any]:
     valid = history[m.VALID_PPL].astype(float)
     finite = valid[np.isfinite(valid)]
     epochs_run = int(history[m.EPOCH].max()) if len(history) else 0
@@ -349,7 +240,7 @@ def _trial_row(trial, config: dict[str, Any], history: pd.DataFrame, epochs_expe
 def trial_status(ray_status: str, epochs_run: int, epochs_expected: int | None, diverged: bool) -> str:
     """One of STATUSES. Ray writes a running trial into its state as PENDING, so a PENDING trial
     with reports is `running` (started, not finished), one without is `pending`."""
-    if ray_status == "ERROR":
+    if ray_status in ("ERROR", UNREADABLE):
         return "error"
     if diverged:
         return "diverged"
@@ -630,7 +521,7 @@ def write_report(experiment_dir: str, *, quiet: bool = False, storage_filesystem
 
 
 @contextlib.contextmanager
-def _staging(location: _Location):
+def _staging(location: Location):
     """A fresh folder to write the report into: inside the experiment when it is local (so that
     the final renames stay on one filesystem), else a local temporary folder. Removed afterwards."""
     folder = Path(tempfile.mkdtemp(prefix=".report-", dir=location.local))
@@ -640,7 +531,7 @@ def _staging(location: _Location):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _publish(stage: Path, names: list[str], location: _Location) -> None:
+def _publish(stage: Path, names: list[str], location: Location) -> None:
     """Move each finished file into place: a rename locally, one whole-object upload elsewhere
     (object stores make an upload visible only once it is complete)."""
     for name in names:
