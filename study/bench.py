@@ -1,11 +1,13 @@
 """Training and evaluation speed of a preset on this machine, against its matrix-multiply peak.
 
-    python -m study.bench --preset small --threads 2 --data-dir ../shared/data/ptb
+    python -m study.bench --preset small --threads 2 --data-dir ../shared/data/ptb --precision both
 
 Training words/s of the real training loop (the median of several timed windows), the PTB test set's evaluation
-time (batch size 1, the whole set), and the share of the machine's float32 matmul peak (measured
-here with a large square matmul) that training reaches, counting 3x the forward FLOPs per word
-(forward, and backward for inputs and weights).
+time (batch size 1, the whole set), and the share of the machine's matmul peak in the run's precision
+(measured here with a large square matmul) that training reaches, counting 3x the forward FLOPs per
+word (forward, and backward for inputs and weights). `--precision both` trains an fp32 and a bf16 run
+taking turns window by window, so that both see the same drift of a shared machine's speed, and
+prints their ratio.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ import torch
 from study.config import PRESETS, make_config
 from study.data import load_corpus
 from study.errors import UsageError, main_with_errors
-from study.train import Trainer, available_cpus, evaluate, select_device, set_threads, stream_windows, TEST_CHUNK
+from study.train import Trainer, available_cpus, select_device, set_threads
 
 
-def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
-    """Float32 FLOP/s of a [size, size] @ [size, size] product, the best of `repeats`."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+PRECISIONS = {"fp32": ("fp32",), "bf16": ("bf16",), "both": ("fp32", "bf16")}  # --precision -> the runs timed
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a [size, size] @ [size, size] product in `dtype`, the best of `repeats`."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     best = float("inf")
     for _ in range(repeats + 2):
         started = time.perf_counter()
@@ -36,19 +42,23 @@ def matmul_peak(device: torch.device, size: int = 2048, repeats: int = 10) -> fl
     return 2 * size**3 / best
 
 
-def training_speed(trainer: Trainer, steps: int, windows: int) -> list[float]:
-    """Words/s of `windows` consecutive windows of `steps` training steps each, through the trainer's
-    own epoch loop, after a warm-up. Several windows, because a shared machine's speed drifts by
-    10% and more from one minute to the next: their median and range say how much."""
-    config, full = trainer.config, trainer.train_data
-    speeds = []
-    for count in [20] + [steps] * windows:  # the first pass warms up the allocator and oneDNN's kernels
-        trainer.train_data = full[:, : count * config.num_steps + 1]  # [batch, count steps + 1]
-        trainer.steps_per_epoch = count
-        started = time.perf_counter()
-        trainer._train_epoch()
-        speeds.append(count * config.batch_size * config.num_steps / (time.perf_counter() - started))
-    return speeds[1:]
+def training_speeds(trainers: list[Trainer], steps: int, windows: int) -> list[list[float]]:
+    """Words/s of `windows` windows of `steps` training steps for each trainer, through its own epoch
+    loop, after a warm-up; the trainers take turns window by window. Several windows, because a
+    shared machine's speed drifts by 10% and more from one minute to the next: their median and
+    range say how much, and taking turns puts every trainer through the same drift."""
+    full = [trainer.train_data for trainer in trainers]  # [batch, batch_len] each
+    warmup = min(20, trainers[0].steps_per_epoch)  # a pass that warms up the allocator and oneDNN's kernels
+    speeds: list[list[float]] = [[] for _ in trainers]
+    for count in [warmup] + [steps] * windows:
+        for trainer, data, own in zip(trainers, full, speeds):
+            config = trainer.config
+            trainer.train_data = data[:, : count * config.num_steps + 1]  # [batch, count steps + 1]
+            trainer.steps_per_epoch = count
+            started = time.perf_counter()
+            trainer._train_epoch()
+            own.append(count * config.batch_size * config.num_steps / (time.perf_counter() - started))
+    return [own[1:] for own in speeds]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,6 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--steps", type=int, default=50, help="training steps per timed window (default 50)")
     parser.add_argument("--windows", type=int, default=6, help="timed windows (default 6)")
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16, or both taking turns window by window (default fp32)")
     return parser.parse_args(argv)
 
 
@@ -68,25 +79,39 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("threads", "steps", "windows"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} {getattr(args, flag)}: must be at least 1")
+    if args.precision not in PRECISIONS:
+        raise UsageError(f"--precision {args.precision}: choose one of {', '.join(PRECISIONS)}")
     set_threads(args.threads)
     device = select_device(args.device)
-    config = make_config({}, preset=args.preset)
     corpus = load_corpus(args.data_dir)
-    trainer = Trainer(config, corpus, device)
-    peak = matmul_peak(device)
-    speeds = training_speed(trainer, min(args.steps, trainer.steps_per_epoch), args.windows)
-    words_per_sec = statistics.median(speeds)
-    started = time.perf_counter()
-    test_ppl = evaluate(trainer.model, stream_windows(trainer.test_ids, TEST_CHUNK), batch_size=1)
-    test_seconds = time.perf_counter() - started
-    flops_per_word = 3 * trainer.model.flops_per_word()
-    achieved = words_per_sec * flops_per_word
-    print(f"preset {args.preset} on {device}, {args.threads} threads")
-    print(f"training:   {words_per_sec:,.0f} words/s, median of {len(speeds)} windows of {args.steps} steps "
-          f"(range {min(speeds):,.0f}-{max(speeds):,.0f}); {flops_per_word / 1e6:.1f} MFLOP/word -> {achieved / 1e9:.1f} GFLOP/s")
-    print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s (float32 2048x2048); training reaches {achieved / peak:.0%} of it")
-    print(f"test set:   {len(trainer.test_ids):,} words evaluated in {test_seconds:.1f} s at batch size 1 "
-          f"({(len(trainer.test_ids) - 1) / test_seconds:,.0f} words/s; untrained perplexity {test_ppl:.0f})")
+    precisions = PRECISIONS[args.precision]
+    trainers = [Trainer(make_config({"precision": p}, preset=args.preset), corpus, device) for p in precisions]
+    steps = min(args.steps, trainers[0].steps_per_epoch)
+    speeds = training_speeds(trainers, steps, args.windows)
+    flops_per_word = 3 * trainers[0].model.flops_per_word()
+    both = len(precisions) > 1
+    setting = {"fp32": "", "bf16": ", bf16 autocast", "both": ", fp32 and bf16 taking turns window by window"}
+    print(f"preset {args.preset} on {device}, {args.threads} threads{setting[args.precision]}")
+    for precision, own in zip(precisions, speeds):
+        words_per_sec = statistics.median(own)
+        achieved = words_per_sec * flops_per_word
+        peak = matmul_peak(device, DTYPES[precision])
+        label = f" {precision}" if both else ""
+        print(f"training{label}:{'' if both else '  '} {words_per_sec:,.0f} words/s, median of {len(own)} windows of {steps} steps "
+              f"(range {min(own):,.0f}-{max(own):,.0f}); {flops_per_word / 1e6:.1f} MFLOP/word -> {achieved / 1e9:.1f} GFLOP/s")
+        print(f"matmul peak{label}: {peak / 1e9:.1f} GFLOP/s ({str(DTYPES[precision]).removeprefix('torch.')} 2048x2048); "
+              f"training reaches {achieved / peak:.0%} of it")
+    if both:
+        pairs = [bf16 / fp32 for fp32, bf16 in zip(*speeds)]
+        print(f"bf16 / fp32: {statistics.median(speeds[1]) / statistics.median(speeds[0]):.2f}x words/s "
+              f"(window by window {min(pairs):.2f}-{max(pairs):.2f}x)")
+    for precision, trainer in zip(precisions, trainers):
+        started = time.perf_counter()
+        test_ppl = trainer.test()
+        seconds, words = time.perf_counter() - started, len(trainer.test_ids)
+        label = f" {precision}" if both else ""
+        print(f"test set{label}:{'' if both else '  '} {words:,} words evaluated in {seconds:.1f} s at batch size 1 "
+              f"({(words - 1) / seconds:,.0f} words/s; untrained perplexity {test_ppl:.0f})")
     return 0
 
 
