@@ -22,6 +22,10 @@ EPOCH_METRICS = (
     EPOCH, LR, TRAIN_PPL, VALID_PPL, *GRAD_METRICS, WORDS_PER_SEC, EPOCH_SECONDS, DIVERGED,
 )
 
+# The trainable adds it to every report: True for an epoch the trial took from a shared prefix
+# (study/prefix.py) instead of training it; its seconds were spent by the trial that trained it.
+SHARED_PREFIX = "shared_prefix"
+
 # What ASHA and the report rank trials by.
 OBJECTIVE = VALID_PPL
 MODE = "min"

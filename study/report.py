@@ -202,14 +202,16 @@ def _history(location: Location, trial: TrialState) -> pd.DataFrame:
     trial re-reports the epochs after its last checkpoint)."""
     frame = read_history(location, trial)
     if frame.empty:
-        return pd.DataFrame({name: pd.Series(dtype=float) for name in PER_EPOCH})
+        return pd.DataFrame({**{name: pd.Series(dtype=float) for name in PER_EPOCH}, m.SHARED_PREFIX: pd.Series(dtype=bool)})
     if m.EPOCH not in frame and "training_iteration" in frame:
         frame = frame.assign(**{m.EPOCH: frame["training_iteration"]})
     for name in PER_EPOCH:
         if name not in frame:
             frame[name] = np.nan
+    # Reports from before prefixes were shared have no flag: every epoch was trained by its trial.
+    frame[m.SHARED_PREFIX] = frame[m.SHARED_PREFIX].eq(True) if m.SHARED_PREFIX in frame else False
     frame = frame.drop_duplicates(m.EPOCH, keep="last").sort_values(m.EPOCH, kind="stable")
-    keep = [*PER_EPOCH, *(name for name in ("node_id",) if name in frame)]
+    keep = [*PER_EPOCH, m.SHARED_PREFIX, *(name for name in ("node_id",) if name in frame)]
     return frame[keep].reset_index(drop=True)
 
 
@@ -220,7 +222,8 @@ def _trial_row(trial: TrialState, config: dict[str, Any], history: pd.DataFrame,
     diverged = bool(history[m.DIVERGED].fillna(False).astype(bool).any()) if len(history) else False
     expected = config.get("epochs", epochs_expected)
     status = trial_status(trial.status, epochs_run, expected, diverged)
-    seconds = history[m.EPOCH_SECONDS].sum(min_count=1)
+    # An epoch taken from a shared prefix counts 0 s here: the trial that trained it has its seconds.
+    seconds = history[m.EPOCH_SECONDS].where(~history[m.SHARED_PREFIX], 0.0).sum(min_count=1)
     if pd.isna(seconds):
         seconds = (trial.last_result or {}).get("time_total_s", np.nan)
     test = history[m.TEST_PPL].dropna()
@@ -288,7 +291,7 @@ def _factors(varied: list[str], groups: dict[str, list[str]]) -> list[Factor]:
 
 def _epoch_table(frames: list[pd.DataFrame], trials: pd.DataFrame, varied: list[str]) -> pd.DataFrame:
     frames = [f for f in frames if len(f)]
-    columns = ["trial_id", *varied, *PER_EPOCH]
+    columns = ["trial_id", *varied, *PER_EPOCH, m.SHARED_PREFIX]
     if not frames:
         return pd.DataFrame({c: trials[c].iloc[:0] if c in trials else pd.Series(dtype=float) for c in columns})
     epochs = pd.concat(frames, ignore_index=True)

@@ -121,3 +121,28 @@ def make_schedule(config) -> Schedule:
     if kind == "constant":
         return Constant(config.learning_rate)
     raise ValueError(f"unknown learning-rate schedule '{kind}'")
+
+
+@dataclass(frozen=True)
+class LateSettings:
+    """Settings that leave a run's first `epochs` epochs untouched: two runs that differ only in
+    them have the same state (weights, optimizer, schedule, clipper, random generators) and the
+    same metrics after those epochs, bit for bit. study.prefix trains such epochs once."""
+
+    keys: frozenset[str] = frozenset()
+    epochs: int = 0
+
+
+def late_settings(config) -> LateSettings:
+    """The settings that `config`'s schedule guarantees not to act before some epoch, as the
+    classes above compute the rate:
+    - zaremba: lr_decay enters the rate as lr_decay ** max(epoch + 1 - decay_start, 0), a power of
+      0 (so 1.0 exactly) in the epochs before decay_start;
+    - plateau: lr_decay multiplies the rate only once more than plateau_patience epochs in a row
+      have failed to improve, which cannot happen within the first plateau_patience epochs;
+    - exponential acts from the first step, constant never reads lr_decay: none."""
+    if config.lr_schedule == "zaremba":
+        return LateSettings(frozenset({"lr_decay"}), config.decay_start)
+    if config.lr_schedule == "plateau":
+        return LateSettings(frozenset({"lr_decay"}), config.plateau_patience)
+    return LateSettings()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from study import metrics as m
 from study.report import (
     COMPARISON,
     EPOCHS,
@@ -35,7 +36,8 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
     counts = trials["status"].value_counts()
     n = len(trials)
     epochs_each = info.get("epochs") or (int(trials["epochs"].max()) if "epochs" in trials else int(trials["epochs_run"].max()))
-    trained = int(trials["epochs_run"].sum())
+    shared = int(experiment.epochs[m.SHARED_PREFIX].sum())  # epochs a trial took from a shared prefix
+    trained = int(trials["epochs_run"].sum()) - shared
     hours = trials["seconds"].sum() / 3600
     seeds = trials[SEED].nunique() if SEED in trials else 1
     description = space_description(info.get("space_text"))
@@ -48,7 +50,8 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
         f"{n} trials ({len(comparison)} setting{'s' if len(comparison) != 1 else ''} x {seeds} seed{'s' if seeds != 1 else ''})",
     ]
     lines.append(
-        "Studied: " + ", ".join(studied) + f". Budget: {trained} of {n * epochs_each} epochs trained, "
+        "Studied: " + ", ".join(studied) + f". Budget: {trained} of {n * epochs_each} epochs trained"
+        + (f" ({shared} more taken from shared prefixes), " if shared else ", ") +
         f"{hours:.2f} h of trial time. Status: "
         + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in STATUSES if counts.get(s, 0)) + "."
     )

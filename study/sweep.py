@@ -7,6 +7,8 @@
 The study is a YAML file in search_spaces/ (see study/spaces.py). Results go to
 `<storage>/<study>/`: Ray's experiment folder (checkpoints, TensorBoard events, progress) and the
 report's tables. `--resume` continues an interrupted sweep without rerunning finished trials.
+Trials that differ only in settings that act late train their shared first epochs once
+(study/prefix.py, study/prefix_search.py); `--no-prefix-sharing` trains every trial from scratch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from study import metrics as m
 from study.data import DATA_ENV, Corpus, load_corpus
 from study.errors import UsageError, main_with_errors
 from study.estimate import Calibration, calibration, estimate_lines, trial_epochs
+from study.prefix import SharingPlan, epochs_saved
+from study.prefix_search import PrefixSearch
 from study.progress import SweepProgress, quiet_ray, start_board
 from study.report import child_location, code_versions, filesystem_and_path, git_state, write_report
 from study.spaces import Space, load_space, trial_config
@@ -48,10 +52,17 @@ class SweepOptions:
     max_failures: int = 2
     resume: bool = False
     verbose: bool = False  # Ray's own console output instead of study.progress's view
+    prefix_sharing: bool = True  # train each shared prefix once (study/prefix.py)
 
     @property
     def experiment(self) -> str:
         return child_location(self.storage, self.space.name)
+
+    def sharing(self) -> SharingPlan | None:
+        """The sweep's shared prefixes; None with --no-prefix-sharing or when no two trials share one."""
+        if not self.prefix_sharing:
+            return None
+        return SharingPlan.for_sweep(self.space, self.epochs, self.num_samples, self.experiment)
 
 
 def storage_uri(path: str) -> str:
@@ -83,6 +94,11 @@ def plan_timing(options: SweepOptions, corpus: Corpus | None) -> Calibration | s
     """Seconds per epoch of one trial here: cached, or timed on `corpus` with a trial's threads and device."""
     threads = trial_threads({"CPU": options.cpus_per_trial})
     return calibration(options.space.base_config(), corpus, threads, "cuda" if options.gpus_per_trial else "cpu")
+
+
+def saved_by_sharing(options: SweepOptions) -> int:
+    """Trial-epochs that shared prefixes train once instead of once per trial; 0 with --no-prefix-sharing."""
+    return epochs_saved(options.space, options.epochs, options.num_samples) if options.prefix_sharing else 0
 
 
 def plan(
@@ -117,8 +133,9 @@ def plan(
 
 def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Callback] | None = None) -> tune.Tuner:
     space = options.space
+    sharing = options.sharing()
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, corpus=corpus, preset=space.preset),
+        tune.with_parameters(train_trial, corpus=corpus, preset=space.preset, sharing=sharing),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )
     if options.resume:
@@ -130,7 +147,10 @@ def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Call
     return tune.Tuner(
         trainable,
         param_space=space.param_space(options.epochs),
-        tune_config=tune.TuneConfig(scheduler=space.asha(options.epochs), num_samples=options.num_samples),
+        tune_config=tune.TuneConfig(
+            scheduler=space.asha(options.epochs), num_samples=options.num_samples,
+            search_alg=PrefixSearch(sharing) if sharing else None,
+        ),
         run_config=tune.RunConfig(
             name=space.name,
             storage_path=options.storage,
@@ -184,6 +204,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep in <storage>/<study>")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit without training")
     parser.add_argument("--verbose", action="store_true", help="Ray Tune's own console output instead of the compact progress view")
+    parser.add_argument(
+        "--no-prefix-sharing", action="store_true",
+        help="train every trial from its first epoch, even those that share their first epochs with others (same results)",
+    )
     return parser.parse_args(argv)
 
 
@@ -203,6 +227,7 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
         max_failures=args.max_failures,
         resume=args.resume,
         verbose=args.verbose,
+        prefix_sharing=not args.no_prefix_sharing,
     )
 
 
@@ -226,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 timing = plan_timing(options, load_corpus(args.data_dir, urls=()))
             except UsageError as error:  # a wrong --data-dir says so; no data at all keeps the reason above
                 timing = str(error) if args.data_dir else timing
-        print(plan(options, cpus, None if address else 0, timing))
+        print(plan(options, cpus, None if address else 0, timing, saved_by_sharing(options)))
         return 0
     corpus = load_corpus(args.data_dir)  # before Ray starts: a data problem is one line, not a trial error
     timing = plan_timing(options, corpus)  # before Ray starts, so that nothing else runs meanwhile
@@ -235,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         logging_level=logging.INFO if args.verbose else logging.WARNING,
     )
     resources = ray.cluster_resources()
-    print(plan(options, resources.get("CPU"), resources.get("GPU", 0), timing), flush=True)
+    print(plan(options, resources.get("CPU"), resources.get("GPU", 0), timing, saved_by_sharing(options)), flush=True)
     tracker = SweepProgress.for_sweep(
         options.space, options.epochs, options.num_samples, timing,
         trials_at_once(options, resources.get("CPU"), resources.get("GPU", 0)), start_board(), verbose=args.verbose,
@@ -268,6 +293,8 @@ def resume_command(args: argparse.Namespace, options: SweepOptions, data_dir: st
         words += ["--max-failures", str(args.max_failures)]
     if args.verbose:
         words.append("--verbose")
+    if args.no_prefix_sharing:
+        words.append("--no-prefix-sharing")
     return shlex.join([*words, "--resume"])
 
 

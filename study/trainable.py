@@ -5,6 +5,8 @@
 The corpus is loaded once by the sweep and reaches every trial through Ray's object store
 (`tune.with_parameters`). Each epoch's report carries a checkpoint with the complete run state, so
 a trial whose worker dies is restarted from its last epoch and continues exactly as if undisturbed.
+A trial that starts with no checkpoint of its own and finds its shared prefix stored (study/prefix.py)
+reports the prefix's epochs again, marked `shared_prefix`, and trains on from the prefix's state.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import ray
 import torch
 from ray import tune
 
+from study import metrics as m
 from study.data import Corpus
+from study.prefix import SharingPlan, TrialPrefix
 from study.progress import progress_sender
 from study.spaces import trial_config
 from study.state import check_identity, read_state, run_identity, save_state
@@ -32,7 +36,8 @@ def trial_threads(resources: dict[str, float]) -> int:
     return max(1, math.floor(resources.get("CPU", 1)))
 
 
-def train_trial(config: dict[str, Any], corpus: Corpus, preset: str = "small") -> None:
+def train_trial(config: dict[str, Any], corpus: Corpus, preset: str = "small", sharing: SharingPlan | None = None) -> None:
+    """`sharing`: the sweep's shared prefixes (study/prefix.py); None trains every epoch here."""
     run = trial_config(config, preset)
     resources = tune.get_context().get_trial_resources().required_resources
     set_threads(trial_threads(resources))
@@ -41,6 +46,8 @@ def train_trial(config: dict[str, Any], corpus: Corpus, preset: str = "small") -
     # Progress inside each epoch goes to the driver's live view (study/progress.py), if it has one.
     trainer = Trainer(run, corpus, device, progress=progress_sender(tune.get_context().get_trial_id()))
     identity = run_identity(run, corpus.sha256)
+    prefix = sharing.prefix(run) if sharing else None
+    shared = TrialPrefix(sharing, prefix, corpus.sha256, tune.get_context().get_trial_id()) if prefix else None
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -51,11 +58,17 @@ def train_trial(config: dict[str, Any], corpus: Corpus, preset: str = "small") -
             state, saved_identity = read_state(Path(folder) / STATE_FILE, where)
         check_identity(saved_identity, identity, where)
         trainer.load_state_dict(state)
+        if shared:
+            shared.resume(state)
+    elif shared:  # a fresh trial: fork from the stored prefix, if there is one yet
+        for report in shared.take(trainer):
+            tune.report(report)
 
     for result in trainer.epochs():
+        # node_id: which machine of a cluster trained the trial (Ray's node_ip is shared by
+        # nodes on one host).
+        result = {**result, "node_id": ray.get_runtime_context().get_node_id(), m.SHARED_PREFIX: False}
+        extra = shared.after_epoch(trainer, result) if shared else {}  # stores the prefix after its last epoch
         with tempfile.TemporaryDirectory() as folder:
-            save_state(Path(folder) / STATE_FILE, trainer.state_dict(), identity)
-            # node_id: which machine of a cluster trained the trial (Ray's node_ip is shared by
-            # nodes on one host).
-            result = {**result, "node_id": ray.get_runtime_context().get_node_id()}
+            save_state(Path(folder) / STATE_FILE, {**trainer.state_dict(), **extra}, identity)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))

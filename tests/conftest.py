@@ -61,3 +61,23 @@ def ray_session():
     context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield context.address_info["gcs_address"]
     ray.shutdown()
+
+
+@pytest.fixture
+def s3_bucket():
+    """A local S3 server (moto) on 127.0.0.1 with an empty bucket "bucket": yields (its pyarrow
+    filesystem, the URI query that reaches it). Credentials go in URIs, not the environment, so
+    that Ray workers started before the test see them too: s3://key:secret@bucket/...?<query>."""
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        query = f"scheme=http&endpoint_override={host}:{port}&region=us-east-1"
+        bucket, _ = pafs.FileSystem.from_uri(f"s3://key:secret@bucket?{query}&allow_bucket_creation=true")
+        bucket.create_dir("bucket")
+        yield bucket, query
+    finally:
+        server.stop()

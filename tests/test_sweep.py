@@ -71,34 +71,23 @@ def test_diverging_trial_is_recorded_while_the_sweep_finishes(ray_session, tiny_
     assert diverged[m.DIVERGED].iloc[-1] and diverged[m.VALID_PPL].iloc[-1] == math.inf
 
 
-def test_sweep_into_s3_storage_writes_every_table_there(ray_session, tiny_corpus_dir, tmp_path):
+def test_sweep_into_s3_storage_writes_every_table_there(ray_session, tiny_corpus_dir, tmp_path, s3_bucket):
     """--storage s3://… against a local S3 server (moto) on 127.0.0.1: Ray's files, study.json and
     the report all land in the bucket, and `study.report` reads the experiment back from there."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        # Credentials in the URI, not the environment: the Ray workers started before this test see them too.
-        query = f"scheme=http&endpoint_override={host}:{port}&region=us-east-1"
-        bucket, _ = pafs.FileSystem.from_uri(f"s3://key:secret@bucket?{query}&allow_bucket_creation=true")
-        bucket.create_dir("bucket")
-        space = write_space(tmp_path, "remote", "  max_grad_norm: {grid: [1.0, 5.0]}", epochs=2, grace=2)
-        options, _ = sweep([str(space), "--storage", f"s3://key:secret@bucket/results?{query}"], load_corpus(tiny_corpus_dir))
-        assert options.experiment == f"s3://key:secret@bucket/results/remote?{query}"
-        names = {info.base_name for info in bucket.get_file_info(pafs.FileSelector("bucket/results/remote"))}
-        assert {"study.json", "trials.parquet", "epochs.parquet", "comparison.parquet", "summary.md"} <= names
-        trials = pd.read_parquet("bucket/results/remote/trials.parquet", filesystem=bucket)
-        assert sorted(trials["max_grad_norm"]) == [1.0, 5.0] and set(trials["status"]) == {"completed"}
-        epochs = pd.read_parquet("bucket/results/remote/epochs.parquet", filesystem=bucket)
-        assert len(epochs) == 4
-        done = subprocess.run(
-            [sys.executable, "-m", "study.report", options.experiment, "--provenance"], capture_output=True, text=True
-        )
-        assert done.returncode == 0 and "remote" in done.stdout, done.stderr
-    finally:
-        server.stop()
+    bucket, query = s3_bucket
+    space = write_space(tmp_path, "remote", "  max_grad_norm: {grid: [1.0, 5.0]}", epochs=2, grace=2)
+    options, _ = sweep([str(space), "--storage", f"s3://key:secret@bucket/results?{query}"], load_corpus(tiny_corpus_dir))
+    assert options.experiment == f"s3://key:secret@bucket/results/remote?{query}"
+    names = {info.base_name for info in bucket.get_file_info(pafs.FileSelector("bucket/results/remote"))}
+    assert {"study.json", "trials.parquet", "epochs.parquet", "comparison.parquet", "summary.md"} <= names
+    trials = pd.read_parquet("bucket/results/remote/trials.parquet", filesystem=bucket)
+    assert sorted(trials["max_grad_norm"]) == [1.0, 5.0] and set(trials["status"]) == {"completed"}
+    epochs = pd.read_parquet("bucket/results/remote/epochs.parquet", filesystem=bucket)
+    assert len(epochs) == 4
+    done = subprocess.run(
+        [sys.executable, "-m", "study.report", options.experiment, "--provenance"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "remote" in done.stdout, done.stderr
 
 
 class KillOnce(tune.Callback):

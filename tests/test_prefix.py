@@ -1,0 +1,411 @@
+"""Shared prefixes (study/prefix.py, study/prefix_search.py): the schedules' guarantee, the prefix
+store, the search algorithm's holding back, and real sweeps with sharing against the same sweep
+without it: bit for bit the same curves, with workers and the driver killed along the way."""
+
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from ray import tune
+from ray.tune.experiment import Experiment
+
+from conftest import tiny_text
+from test_sweep import finish, run_cli
+from study import metrics as m
+from study.config import make_config
+from study.data import DATA_ENV, load_corpus
+from study.prefix import REPORTS, PrefixGroup, SharingPlan, TrialPrefix, epochs_saved, prefix_groups, prefix_of
+from study.prefix_search import PrefixSearch
+from study.schedules import LateSettings, late_settings
+from study.spaces import load_space, trial_config
+from study.state import StateError
+from study.sweep import main, options_from_args, parse_args, resume_command, run_sweep
+from study.train import Trainer
+
+TIMING = (m.WORDS_PER_SEC, m.EPOCH_SECONDS)  # the only metrics that differ between identical runs
+COMPARED = (m.LR, m.TRAIN_PPL, m.VALID_PPL, m.TEST_PPL, *m.GRAD_METRICS, m.DIVERGED)
+
+# Two prefix groups of two trials (lr_decay 0.5 and 1.0): one trains normally; one diverges in its
+# first epoch, inside its 2-epoch prefix. ASHA's rung at epoch 3 comes right after the prefix.
+SPACE = """
+description: prefix sharing under test
+preset: test
+fixed: {epochs: 4, decay_start: 2, max_words: 0}
+vary:
+  run:
+    cases:
+      - {max_grad_norm: 1.0}
+      - {max_grad_norm: .inf, learning_rate: 1.0e+12}
+  lr_decay: {grid: [0.5, 1.0]}
+seeds: [0]
+scheduler: {grace_period: 3, reduction_factor: 2}
+resources: {cpus_per_trial: 1}
+"""
+PREFIX_EPOCHS = 2  # min(decay_start 2, first rung 3 - 1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as a trial has: the tiny model's epoch takes milliseconds, not the
+    seconds that two threads spinning against other work on a 2-core machine can take."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def same_state(a, b, at: str = "state") -> None:
+    """Assert two run states equal: every tensor torch.equal, every other value ==."""
+    assert type(a) is type(b), at
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), at
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), at
+        for key in a:
+            same_state(a[key], b[key], f"{at}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), at
+        for i, (x, y) in enumerate(zip(a, b)):
+            same_state(x, y, f"{at}[{i}]")
+    else:
+        assert a == b, at
+
+
+def untimed(reports: list[dict]) -> list[dict]:
+    return [{key: value for key, value in report.items() if key not in TIMING} for report in reports]
+
+
+@pytest.mark.parametrize("schedule", [{"lr_schedule": "zaremba", "decay_start": 2}, {"lr_schedule": "plateau", "plateau_patience": 2}])
+def test_late_settings_leave_the_prefix_bit_identical(tiny_corpus_dir, schedule):
+    corpus = load_corpus(tiny_corpus_dir)
+    configs = [make_config({**schedule, "epochs": 4, "lr_decay": decay}, preset="test") for decay in (0.5, 0.9)]
+    late = late_settings(configs[0])
+    assert late == LateSettings(frozenset({"lr_decay"}), 2)
+    runs = [Trainer(config, corpus) for config in configs]
+    reports = [[run.run_epoch() for _ in range(late.epochs)] for run in runs]
+    same_state(runs[0].state_dict(), runs[1].state_dict())
+    assert untimed(reports[0]) == untimed(reports[1])
+    if schedule["lr_schedule"] == "zaremba":  # and the next epoch is where they part
+        for run in runs:
+            run.run_epoch()
+        weights = [run.state_dict()["model"] for run in runs]
+        assert not all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_schedules_that_read_lr_decay_from_the_start_declare_nothing_late():
+    for schedule in ("exponential", "constant"):
+        assert late_settings(make_config({"lr_schedule": schedule})) == LateSettings()
+    assert late_settings(make_config({"decay_start": 0})).epochs == 0
+
+
+def test_a_prefix_ends_before_the_first_rung_and_the_last_epoch():
+    small = make_config(preset="small")  # 13 epochs, decay_start 4
+    assert prefix_of(small, first_rung=6).epochs == 4
+    assert prefix_of(small, first_rung=3).epochs == 2
+    assert prefix_of(make_config({"decay_start": 20}), first_rung=None).epochs == 12
+    assert prefix_of(small, first_rung=1) is None and prefix_of(make_config({"lr_schedule": "exponential"}), 6) is None
+    # lr_decay leaves the key alone; any other setting changes it.
+    assert prefix_of(small.model_copy(update={"lr_decay": 0.8}), 6).key == prefix_of(small, 6).key
+    assert prefix_of(small.model_copy(update={"max_grad_norm": 1.0}), 6).key != prefix_of(small, 6).key
+
+
+def test_grad_clip_shares_16_prefixes_of_4_epochs():
+    space = load_space("grad_clip")
+    groups = prefix_groups(space, 13)
+    assert len(groups) == 16 and set(groups.values()) == {PrefixGroup(trials=4, epochs=4)}
+    assert epochs_saved(space, 13) == 16 * 3 * 4
+    assert epochs_saved(load_space("clip_modes"), 13) == 0  # nothing varies late there
+
+
+@pytest.mark.parametrize("sharing, figures", [([], "592 expected with ASHA (1/2 go on at epochs 6, 12); 400 with shared prefixes"),
+                                              (["--no-prefix-sharing"], "592 expected with ASHA (1/2 go on at epochs 6, 12)\n")])
+def test_grad_clip_plan_counts_the_trial_epochs_sharing_saves(capsys, monkeypatch, tmp_path, sharing, figures):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no calibration cached, no corpus to time on
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    assert main(["grad_clip", "--dry-run", "--storage", str(tmp_path), *sharing]) == 0
+    assert f"  trial-epochs: 832 for the full grid (64 x 13); {figures}" in capsys.readouterr().out
+
+
+def test_resume_command_keeps_no_prefix_sharing(tmp_path):
+    args = parse_args(["grad_clip", "--storage", str(tmp_path), "--no-prefix-sharing"])
+    assert resume_command(args, options_from_args(args), "data").endswith("--no-prefix-sharing --resume")
+
+
+def plan_for(config, tmp_path: Path) -> SharingPlan:
+    prefix = prefix_of(config, first_rung=None)
+    return SharingPlan("test", None, {prefix.key: PrefixGroup(2, prefix.epochs)}, str(tmp_path / "prefixes"))
+
+
+def run_trial(config, corpus, plan: SharingPlan, trial_id: str = "trial") -> tuple[Trainer, list[dict]]:
+    """What the trainable does with a fresh trial, without Ray: fork if it can, train the rest."""
+    trainer = Trainer(config, corpus)
+    shared = TrialPrefix(plan, plan.prefix(config), corpus.sha256, trial_id)
+    reports = shared.take(trainer)
+    for result in trainer.epochs():
+        result = {**result, m.SHARED_PREFIX: False}
+        shared.after_epoch(trainer, result)
+        reports.append(result)
+    return trainer, reports
+
+
+@pytest.mark.parametrize("overrides", [{}, {"max_grad_norm": math.inf, "learning_rate": 1e12}], ids=["trains", "diverges"])
+def test_a_fork_is_bit_identical_to_training_the_prefix(tiny_corpus_dir, tmp_path, overrides):
+    corpus = load_corpus(tiny_corpus_dir)
+    first, second = (make_config({**overrides, "epochs": 4, "decay_start": 2, "lr_decay": d}, preset="test") for d in (0.5, 0.9))
+    plan = plan_for(first, tmp_path)
+    _, first_reports = run_trial(first, corpus, plan, "first")
+    assert not any(report[m.SHARED_PREFIX] for report in first_reports)
+    forked, reports = run_trial(second, corpus, plan, "second")
+    alone = Trainer(second, corpus)
+    trained = list(alone.epochs())
+    shared = [report[m.SHARED_PREFIX] for report in reports]
+    if overrides:  # diverged in epoch 1: the fork reports that epoch, diverged, and stops there too
+        assert shared == [True] and reports[0][m.DIVERGED] and reports[0][m.VALID_PPL] == math.inf
+    else:
+        assert shared == [True, True, False, False]
+    assert untimed(reports) == untimed([{**report, m.SHARED_PREFIX: flag} for report, flag in zip(trained, shared)])
+    same_state(forked.state_dict()["model"], alone.state_dict()["model"])
+    same_state(forked.state_dict()["optimizer"], alone.state_dict()["optimizer"])
+    # The trial that stored the prefix, restarted without its checkpoint, takes it back as its own.
+    _, again = run_trial(first, corpus, plan, "first")
+    assert untimed(again) == untimed(first_reports) and not any(report[m.SHARED_PREFIX] for report in again)
+
+
+def test_a_prefix_that_fails_its_checks_is_trained_and_stored_anew(tiny_corpus_dir, tmp_path):
+    corpus = load_corpus(tiny_corpus_dir)
+    config = make_config({"epochs": 3, "decay_start": 2}, preset="test")
+    plan = plan_for(config, tmp_path)
+    prefix = plan.prefix(config)
+    run_trial(config, corpus, plan)
+    path = tmp_path / "prefixes" / f"{prefix.key}.pt"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a torn upload, say
+    with pytest.warns(UserWarning, match=f"{prefix.key}.pt: corrupted"):
+        _, reports = run_trial(config, corpus, plan)
+    assert not any(report[m.SHARED_PREFIX] for report in reports)
+    stored = plan.load(prefix.key, prefix.identity(corpus.sha256))  # replaced by a good one
+    assert stored["run"]["epoch"] == 2 and untimed(stored["reports"]) == untimed(reports[:2])
+    with pytest.raises(StateError, match="another corpus"):
+        plan.load(prefix.key, prefix.identity({"ptb.train.txt": "0" * 64}))
+
+
+def test_a_trial_retried_inside_its_prefix_stores_every_epoch_of_it(tiny_corpus_dir, tmp_path):
+    corpus = load_corpus(tiny_corpus_dir)
+    config = make_config({"epochs": 3, "decay_start": 2}, preset="test")
+    plan = plan_for(config, tmp_path)
+    prefix = plan.prefix(config)
+    trainer, shared = Trainer(config, corpus), TrialPrefix(plan, prefix, corpus.sha256, "trial")
+    first = {**trainer.run_epoch(), m.SHARED_PREFIX: False}
+    checkpoint = {**trainer.state_dict(), **shared.after_epoch(trainer, first)}  # what the trainable saves
+    assert checkpoint[REPORTS] == [first] and not plan.is_stored(prefix.key)
+    retried, again = Trainer(config, corpus), TrialPrefix(plan, prefix, corpus.sha256, "trial")  # a new worker
+    retried.load_state_dict(checkpoint)
+    again.resume(checkpoint)
+    second = {**retried.run_epoch(), m.SHARED_PREFIX: False}
+    assert again.after_epoch(retried, second) == {}
+    assert plan.load(prefix.key, prefix.identity(corpus.sha256))["reports"] == [first, second]
+    # A retry from a checkpoint without the reports (written with sharing off) stores nothing.
+    (tmp_path / "prefixes" / f"{prefix.key}.pt").unlink()
+    bare, blind = Trainer(config, corpus), TrialPrefix(plan, prefix, corpus.sha256, "trial")
+    bare.load_state_dict(checkpoint)
+    blind.after_epoch(bare, {**bare.run_epoch(), m.SHARED_PREFIX: False})
+    assert not plan.is_stored(prefix.key)
+
+
+def test_prefixes_are_stored_on_s3_storage(tiny_corpus_dir, s3_bucket):
+    """--storage s3://…: prefixes go to the bucket every node reaches (a local moto server here)."""
+    import pyarrow.fs as pafs
+
+    bucket, query = s3_bucket
+    corpus = load_corpus(tiny_corpus_dir)
+    config = make_config({"epochs": 3, "decay_start": 2}, preset="test")
+    prefix = prefix_of(config, first_rung=None)
+    plan = SharingPlan("test", None, {prefix.key: PrefixGroup(2, 2)}, f"s3://key:secret@bucket/results/study/prefixes?{query}")
+    _, reports = run_trial(config, corpus, plan)
+    assert plan.is_stored(prefix.key)
+    names = [info.base_name for info in bucket.get_file_info(pafs.FileSelector("bucket/results/study/prefixes"))]
+    assert names == [f"{prefix.key}.pt"]  # and no temporary left behind
+    _, forked = run_trial(config.model_copy(update={"lr_decay": 0.9}), corpus, plan, "other")
+    assert untimed(forked[:2]) == untimed([{**report, m.SHARED_PREFIX: True} for report in reports[:2]])
+
+
+def noop(config):
+    pass
+
+
+def handed(search: PrefixSearch) -> list:
+    trials = []
+    while (trial := search.next_trial()) is not None:
+        trials.append(trial)
+    return trials
+
+
+def decays(trials) -> list[tuple[float, float]]:
+    return [(trial.config["run"]["learning_rate"], trial.config["lr_decay"]) for trial in trials]
+
+
+def test_prefix_search_holds_a_groups_trials_until_its_prefix_is_trained(tmp_path):
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(SPACE)
+    space = load_space(str(space_file))
+    plan = SharingPlan.for_sweep(space, 4, 1, str(tmp_path / "experiment"))
+    search = PrefixSearch(plan)
+    search.add_configurations([Experiment("unit", run=noop, config=space.param_space(4), storage_path=str(tmp_path))])
+    leaders = handed(search)
+    assert decays(leaders) == [(1.0, 0.5), (1e12, 0.5)] and not search.is_finished()
+
+    search.on_trial_result(leaders[0].trial_id, {m.EPOCH: 1, m.DIVERGED: False})
+    assert handed(search) == []  # one epoch of two: still held
+    search.save_to_dir(str(tmp_path), "session")  # as Tune does, then the driver dies
+
+    restored = PrefixSearch(plan)
+    restored.restore_from_dir(str(tmp_path))
+    restored.on_trial_result(leaders[0].trial_id, {m.EPOCH: PREFIX_EPOCHS, m.DIVERGED: False})
+    assert decays(handed(restored)) == [(1.0, 1.0)]
+    restored.on_trial_complete(leaders[1].trial_id, error=True)  # errored: its follower trains the prefix
+    assert decays(handed(restored)) == [(1e12, 1.0)] and restored.is_finished()
+
+    # Restored after the prefix was stored (its trial may have reported after the state was
+    # saved): the group's trials go out at once; the other group's stay held.
+    prefix = plan.prefix(trial_config(leaders[0].config, "test"))
+    plan.store(prefix.key, {"run": {"epoch": 0}, "reports": [], "trial": leaders[0].trial_id}, prefix.identity({}))
+    again = PrefixSearch(plan)
+    again.restore_from_dir(str(tmp_path))
+    assert decays(handed(again)) == [(1.0, 1.0)] and not again.is_finished()
+
+
+class Kill(tune.Callback):
+    """SIGKILLs the worker of the first trial whose result matches, once per condition."""
+
+    def __init__(self, *conditions):
+        self.conditions, self.killed = list(conditions), []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        for condition in list(self.conditions):
+            if condition(result):
+                self.conditions.remove(condition)
+                self.killed.append(trial.trial_id)
+                os.kill(result["pid"], signal.SIGKILL)
+                return
+
+
+def inside_prefix(result) -> bool:  # a trial that trains its prefix, one epoch into it
+    return result[m.EPOCH] == 1 and not result[m.SHARED_PREFIX] and not result[m.DIVERGED]
+
+
+def just_forked(result) -> bool:  # a trial that took its prefix, before it trained an epoch
+    return result[m.EPOCH] == PREFIX_EPOCHS and result[m.SHARED_PREFIX]
+
+
+@pytest.fixture(scope="module")
+def sharing_space(tmp_path_factory) -> tuple[Path, Path]:
+    """(space file, tiny corpus folder) for the sweeps of this module."""
+    folder = tmp_path_factory.mktemp("prefix")
+    (folder / "sharing.yaml").write_text(SPACE)
+    (folder / "tiny").mkdir()
+    for name, text in tiny_text().items():
+        (folder / "tiny" / name).write_text(text, encoding="utf-8")
+    return folder / "sharing.yaml", folder / "tiny"
+
+
+def sweep(sharing_space, storage: Path, *flags: str, callbacks=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    space, data = sharing_space
+    options = options_from_args(parse_args([str(space), "--storage", str(storage), *flags]))
+    run_sweep(options, load_corpus(data), callbacks)
+    return tables(Path(options.experiment))
+
+
+def tables(experiment: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_parquet(experiment / "trials.parquet"), pd.read_parquet(experiment / "epochs.parquet")
+
+
+@pytest.fixture(scope="module")
+def unshared(ray_session, sharing_space, tmp_path_factory) -> tuple[pd.DataFrame, pd.DataFrame]:
+    trials, epochs = sweep(sharing_space, tmp_path_factory.mktemp("unshared"), "--no-prefix-sharing")
+    assert not epochs[m.SHARED_PREFIX].any()
+    return trials, epochs
+
+
+def curves(epochs: pd.DataFrame) -> dict[tuple, list[dict]]:
+    """Each trial's epochs as records of the compared metrics, by (learning_rate, lr_decay)."""
+    return {
+        (rate, decay): group.sort_values(m.EPOCH)[[m.EPOCH, *COMPARED]].to_dict("records")
+        for (rate, decay), group in epochs.groupby(["learning_rate", "lr_decay"])
+    }
+
+
+def assert_same_curves(epochs: pd.DataFrame, unshared: pd.DataFrame, trials: int = 4) -> None:
+    """Every trial's curve complete and equal, bit for bit, to the unshared one through the epochs
+    both ran (ASHA's rung may stop a different trial: it judges in the order trials arrive)."""
+    ours, theirs = curves(epochs), curves(unshared)
+    assert ours.keys() <= theirs.keys() and len(ours) == trials
+    for setting, curve in ours.items():
+        assert [row[m.EPOCH] for row in curve] == list(range(1, len(curve) + 1)), setting
+        common = min(len(curve), len(theirs[setting]))
+        assert common >= 1 and pd.DataFrame(curve[:common]).equals(pd.DataFrame(theirs[setting][:common])), setting
+
+
+def assert_each_prefix_trained_once(epochs: pd.DataFrame, groups_trained: int = 2) -> None:
+    """Per group (learning rate), one trial trained the prefix; the other took it."""
+    inside = epochs[epochs[m.EPOCH] <= PREFIX_EPOCHS]
+    assert not epochs.loc[epochs[m.EPOCH] > PREFIX_EPOCHS, m.SHARED_PREFIX].any()
+    flags = inside.groupby(["learning_rate", "lr_decay"])[m.SHARED_PREFIX].agg(["all", "any"])
+    assert (flags["all"] == flags["any"]).all()  # a trial took all of its prefix or none
+    assert flags.groupby(level="learning_rate")["all"].sum().tolist() == [1] * groups_trained
+
+
+@pytest.mark.slow
+def test_sharing_sweep_equals_the_unshared_one_with_workers_killed(ray_session, sharing_space, unshared, tmp_path):
+    killer = Kill(inside_prefix, just_forked)  # retried from a checkpoint inside the prefix; a fork retried
+    trials, epochs = sweep(sharing_space, tmp_path, "--max-failures", "2", callbacks=[killer])
+    assert len(killer.killed) == 2 and set(trials["status"]) <= {"completed", "stopped_early", "diverged"}
+    assert_same_curves(epochs, unshared[1])
+    assert_each_prefix_trained_once(epochs)
+    assert (trials.set_index("learning_rate")["status"].loc[1e12] == "diverged").all()
+    diverged = epochs[epochs["learning_rate"] == 1e12]
+    assert diverged[m.EPOCH].tolist() == [1, 1] and diverged[m.SHARED_PREFIX].sum() == 1  # diverged inside its prefix
+    trained = (~epochs[m.SHARED_PREFIX]).sum()
+    assert trained == len(epochs) - 3 < len(unshared[1])
+    # The seconds of a shared epoch count once, for the trial that trained it.
+    forks = epochs[epochs[m.SHARED_PREFIX]].groupby("trial_id")
+    for trial_id, shared in forks:
+        own = epochs[(epochs["trial_id"] == trial_id) & ~epochs[m.SHARED_PREFIX]][m.EPOCH_SECONDS].sum()
+        assert trials.set_index("trial_id").loc[trial_id, "seconds"] == pytest.approx(own)
+
+
+@pytest.mark.slow
+def test_an_errored_prefix_is_trained_by_the_trial_that_waited_for_it(ray_session, sharing_space, unshared, tmp_path):
+    killer = Kill(inside_prefix)
+    trials, epochs = sweep(sharing_space, tmp_path, "--max-failures", "0", callbacks=[killer])
+    statuses = trials.set_index("trial_id")["status"]
+    assert statuses[killer.killed[0]] == "error" and (statuses.drop(killer.killed[0]) != "error").all()
+    waited = epochs[(epochs["learning_rate"] == 1.0) & (epochs["trial_id"] != killer.killed[0])]
+    assert len(waited) >= 3 and not waited[m.SHARED_PREFIX].any()  # trained its prefix itself
+    assert_same_curves(epochs[epochs["trial_id"] != killer.killed[0]], unshared[1], trials=3)
+
+
+@pytest.mark.slow
+def test_a_sweep_resumed_after_its_driver_was_killed_shares_the_same_way(ray_session, sharing_space, unshared, tmp_path):
+    space, data = sharing_space
+    args = [str(space), "--storage", str(tmp_path), "--data-dir", str(data), "--address", ray_session]
+    prefixes = tmp_path / "sharing" / "prefixes"
+    first = run_cli(args)
+    deadline = time.time() + 300
+    while not any(prefixes.glob("*.pt")) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)  # no chance to save anything more
+    output = finish(first)
+    assert first.returncode == -signal.SIGKILL, output[-3000:]
+
+    second = run_cli([*args, "--resume"])
+    output = finish(second)
+    assert second.returncode == 0, output[-3000:]
+    trials, epochs = tables(tmp_path / "sharing")
+    assert len(trials) == 4 and set(trials["status"]) <= {"completed", "stopped_early", "diverged"}
+    assert not epochs.duplicated(["trial_id", m.EPOCH]).any()
+    assert_same_curves(epochs, unshared[1])
+    assert_each_prefix_trained_once(epochs)
