@@ -99,6 +99,7 @@ class TrialView:
     label: str  # the trial's varied settings
     state: str = "pending"  # pending, running, done
     epochs: int = 0  # epochs finished
+    shared: int = 0  # of them, taken from a shared prefix (trained by another trial)
     started: float = 0.0  # clock when its current epoch began
     fraction: float = 0.0  # of the current epoch, from the board
     words_per_sec: float = 0.0
@@ -115,6 +116,7 @@ class SweepProgress(tune.Callback):
         brackets: list[tuple[float, tuple[int, ...]]],  # estimate.brackets: (share, rungs)
         reduction_factor: float,
         seconds_per_epoch: float | None = None,  # the plan's calibration
+        shared_epochs_saved: int = 0,  # trial-epochs the sweep takes from shared prefixes (study.prefix.epochs_saved)
         concurrency: int | None = None,
         label: Callable[[dict[str, Any]], str] = lambda config: "",
         board: Any = None,
@@ -124,6 +126,7 @@ class SweepProgress(tune.Callback):
     ):
         self.total_trials, self.epochs, self.brackets, self.rf = total_trials, epochs, brackets, reduction_factor
         self.seconds_per_epoch, self.concurrency, self.label, self.board = seconds_per_epoch, concurrency, label, board
+        self.shared_epochs_saved = shared_epochs_saved
         self.mode, self.clock = mode, clock
         self.console = console or Console()
         self.views: dict[str, TrialView] = {}
@@ -136,7 +139,7 @@ class SweepProgress(tune.Callback):
     @classmethod
     def for_sweep(
         cls, space: Space, epochs: int, num_samples: int, timing: Calibration | str | None, concurrency: int | None,
-        board: Any, verbose: bool = False, console: Console | None = None,
+        board: Any, verbose: bool = False, console: Console | None = None, shared_epochs_saved: int = 0,
     ) -> SweepProgress:
         """The view of a sweep of `space`: live on a terminal, plain lines elsewhere, silent under --verbose."""
         console = console or Console()
@@ -150,6 +153,7 @@ class SweepProgress(tune.Callback):
             total_trials=space.trial_count(num_samples), epochs=epochs, brackets=brackets(space, epochs),
             reduction_factor=space.scheduler.reduction_factor,
             seconds_per_epoch=timing.seconds_per_epoch if isinstance(timing, Calibration) else None,
+            shared_epochs_saved=shared_epochs_saved,
             concurrency=concurrency, label=label, board=board,
             mode="quiet" if verbose else "live" if console.is_terminal else "lines", console=console,
         )
@@ -185,7 +189,11 @@ class SweepProgress(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         view = self._view(trial)
         view.epochs, view.started, view.fraction = result.get(m.EPOCH, view.epochs + 1), self.clock(), 0.0
-        if m.EPOCH_SECONDS in result and not result.get("shared_prefix"):  # a shared epoch was not trained here
+        if result.get(m.SHARED_PREFIX):  # trained once by another trial: neither work done here nor a timing
+            view.shared += 1
+            self._say(f"{view.label}: epoch {view.epochs}/{self.epochs} from its shared prefix, {m.VALID_PPL} {result.get(m.VALID_PPL, math.nan):.2f}")
+            return
+        if m.EPOCH_SECONDS in result:
             self.epoch_seconds.append(result[m.EPOCH_SECONDS])
         self._say(f"{view.label}: epoch {view.epochs}/{self.epochs}, {m.VALID_PPL} {result.get(m.VALID_PPL, math.nan):.2f}, {result.get(m.EPOCH_SECONDS, 0):.0f} s")
         self._draw(force=True)
@@ -226,7 +234,8 @@ class SweepProgress(tune.Callback):
 
     @property
     def done_epochs(self) -> int:
-        return sum(view.epochs for view in self.views.values())
+        """Trial-epochs trained so far: a shared prefix's epochs count once, for the trial that trained them."""
+        return sum(view.epochs - view.shared for view in self.views.values())
 
     def counts(self) -> dict[str, int]:
         states = [view.state for view in self.views.values()]
@@ -234,12 +243,14 @@ class SweepProgress(tune.Callback):
         return {"running": running, "done": done, "waiting": self.total_trials - running - done}
 
     def expected_total(self) -> float:
-        """Trial-epochs done plus those still expected, re-fitted from where each trial stands."""
+        """Trial-epochs trained plus those still expected to be, re-fitted from where each trial stands;
+        less the epochs that shared prefixes save (as the plan counts them)."""
         per_trial = lambda done: sum(share * expected_epochs(rungs, self.rf, self.epochs, done) for share, rungs in self.brackets)  # noqa: E731
         unseen = self.total_trials - len(self.views)
-        return unseen * per_trial(0) + sum(
+        reported = unseen * per_trial(0) + sum(
             view.epochs if view.state == "done" else per_trial(view.epochs) for view in self.views.values()
         )
+        return reported - self.shared_epochs_saved
 
     def seconds_left(self) -> float | None:
         per_epoch = sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else self.seconds_per_epoch

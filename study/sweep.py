@@ -264,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     tracker = SweepProgress.for_sweep(
         options.space, options.epochs, options.num_samples, timing,
         trials_at_once(options, resources.get("CPU"), resources.get("GPU", 0)), start_board(), verbose=args.verbose,
+        shared_epochs_saved=saved_by_sharing(options),
     )
     try:
         results = run_sweep(options, corpus, [tracker])

@@ -255,3 +255,22 @@ def test_ctrl_c_on_a_real_sweep_prints_the_resume_command_and_exits_130(ray_sess
     resume = next(line for line in output.splitlines() if line.startswith("Resume: "))
     assert resume == "Resume: " + " ".join(["python", "-m", "study.sweep", *args[:3], "--data-dir", str(tiny_corpus_dir), "--address", ray_session, "--resume"])
     assert Path(tmp_path / "out" / "stop").is_dir()
+
+
+def test_epochs_from_a_shared_prefix_count_once_and_leave_the_timing_alone():
+    """Two trials share a 2-epoch prefix (2 trial-epochs saved): the fork's re-reported prefix epochs
+    are neither work done nor timings, and the study's total is the plan's, sharing counted."""
+    clock = Clock()
+    view, _ = tracker("quiet", clock, total_trials=2, brackets=[(1.0, ())], shared_epochs_saved=2)
+    leader, fork = trial("a", 1.0), trial("b", 1.0)
+    assert view.expected_total() == pytest.approx(2 * 4 - 2)
+    view.on_trial_start(0, [leader, fork], leader)
+    view.on_trial_result(0, [leader, fork], leader, epoch_result(1, seconds=100.0))
+    view.on_trial_result(0, [leader, fork], leader, epoch_result(2, seconds=100.0))
+    view.on_trial_start(0, [leader, fork], fork)
+    for epoch in (1, 2):
+        view.on_trial_result(0, [leader, fork], fork, {**epoch_result(epoch, seconds=100.0), m.SHARED_PREFIX: True})
+    assert view.done_epochs == 2 and view.epoch_seconds == [100.0, 100.0]
+    assert view.expected_total() == pytest.approx(6)
+    # 4 trial-epochs left (2 each), at 100 s an epoch, two trials at once: 200 s.
+    assert view.seconds_left() == pytest.approx(200.0)
