@@ -155,7 +155,7 @@ def test_every_mistake_is_one_line_naming_file_and_key(tmp_path, text, key):
 
 def test_a_bad_vary_key_lists_the_settings_that_may_vary(tmp_path):
     path = write(tmp_path, "description: d\nvary: {max_grad: {grid: [1]}}\n")
-    with pytest.raises(UsageError, match=r"allowed: num_layers, .*max_grad_norm.*, seed, or any label") as caught:
+    with pytest.raises(UsageError, match=r"allowed: num_layers, .*max_grad_norm, .*seed, .*precision, or any label") as caught:
         load_space(str(path))
     assert "epochs" not in str(caught.value).split("allowed:")[1]
 
