@@ -111,6 +111,8 @@ class PrefixSearch(SearchAlgorithm):
         os.replace(temporary, path)  # never half a state
 
     def restore_from_dir(self, dirpath: str) -> None:
+        # Only `--resume` gets here, inside Ray's own restore, which unpickles tuner.pkl and Tune's
+        # grid state from the same folder: resuming trusts the folder (README). The report never reads it.
         newest = max(Path(dirpath).glob(STATE_FILE.format("*")))  # session names sort by time
         state = cloudpickle.loads(newest.read_bytes())
         self._grid.set_state(state.pop("_grid"))
