@@ -14,16 +14,13 @@ from pathlib import Path
 import pandas as pd
 
 from study import metrics as m
+from study.comparison import SEED, STATUSES, UNFINISHED, Pivot
 from study.report import (
     COMPARISON,
     EPOCHS,
-    SEED,
-    STATUSES,
     STUDY_FILE,
     TRIALS,
-    UNFINISHED,
     Experiment,
-    Pivot,
     space_description,
     split_location,
 )

@@ -23,8 +23,9 @@ import pytest
 from ray import cloudpickle, tune
 
 from study import metrics as m
-from study import plots, report, tables
-from study.report import collect, compare, main, pivot, write_report
+from study import comparison, plots, report, tables
+from study.comparison import compare, pivot
+from study.report import collect, main, write_report
 
 EPOCHS = 4
 SPACE_TEXT = """description: >-
@@ -182,11 +183,11 @@ def test_comparison_matches_hand_computed_means_and_t_intervals(reported):
 
 
 def test_interval_is_student_t_and_empty_below_two():
-    n, mean, std, low, high = report.interval(pd.Series([1.0, 2.0, 3.0, math.inf]))
+    n, mean, std, low, high = comparison.interval(pd.Series([1.0, 2.0, 3.0, math.inf]))
     assert (n, mean, std) == (3, 2.0, 1.0)
     assert high - mean == pytest.approx(4.302652729749464 / math.sqrt(3))  # t(0.975, 2) from a table
-    assert report.interval(pd.Series([5.0]))[1:] == (5.0, *(pytest.approx(math.nan, nan_ok=True),) * 3)
-    assert report.interval(pd.Series([], dtype=float))[0] == 0
+    assert comparison.interval(pd.Series([5.0]))[1:] == (5.0, *(pytest.approx(math.nan, nan_ok=True),) * 3)
+    assert comparison.interval(pd.Series([], dtype=float))[0] == 0
 
 
 @pytest.mark.slow
@@ -439,4 +440,4 @@ def test_command_line_error_exits_2_with_one_line(tmp_path):
 
 
 def test_format_value_labels_inf_none():
-    assert [report.format_value(v) for v in (math.inf, 5.0, 0.25, 1, True, "value")] == ["none", "5", "0.25", "1", "true", "value"]
+    assert [comparison.format_value(v) for v in (math.inf, 5.0, 0.25, 1, True, "value")] == ["none", "5", "0.25", "1", "true", "value"]

@@ -1,0 +1,187 @@
+"""The comparison of settings: one row per setting with its seed statistics, and its pivot.
+
+    python -m study.report results/grad_clip     # writes comparison.parquet from this module's tables
+
+A setting is one combination of the varied keys except the seed; `compare` pools a setting's trials
+(its seeds) and `pivot` lays the settings out as a grid (max_grad_norm down, the rest across).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+STATUSES = ("completed", "stopped_early", "diverged", "error", "running", "pending")
+UNFINISHED = ("running", "pending")
+RANKED = ("completed", "stopped_early")  # the trials whose perplexity enters a setting's statistics
+SEED = "seed"
+
+# A setting that means something only under some modes: left out of a case's label otherwise,
+# so that "none" is not shown as "none (max_grad_norm=5)".
+_ONLY_FOR = {
+    "max_grad_norm": ("clip_mode", {"global_norm", "value", "per_tensor_norm"}),
+    "clip_percentile": ("clip_mode", {"adaptive"}),
+    "lr_decay": ("lr_schedule", {"zaremba", "exponential", "plateau"}),
+    "decay_start": ("lr_schedule", {"zaremba"}),
+    "decay_steps": ("lr_schedule", {"exponential"}),
+    "staircase": ("lr_schedule", {"exponential"}),
+    "plateau_patience": ("lr_schedule", {"plateau"}),
+}
+_MODE_KEYS = ("clip_mode", "lr_schedule")
+
+
+@dataclass(frozen=True)
+
+
+class Factor:
+    """One axis of the comparison: a varied setting, or a `cases` group whose keys vary together."""
+
+    name: str  # the setting, or the cases label ("clip")
+    keys: tuple[str, ...]
+    is_case: bool = False
+
+
+def format_value(value: Any) -> str:
+    """A setting as the report prints it: inf is 'none' (no clipping), 5.0 is '5'."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value)).lower()
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        value = float(value)
+        if math.isinf(value):
+            return "none" if value > 0 else "-inf"
+        return f"{value:g}"
+    return str(value)
+
+
+def setting_keys(factors: list[Factor]) -> list[str]:
+    return [key for factor in factors for key in factor.keys]
+
+
+
+def factor_label(factor: Factor, row: pd.Series | dict[str, Any], bare: bool = True) -> str:
+    """How one axis value is printed: '5', 'none' (inf); a case as 'value (max_grad_norm=1.7)'.
+    With bare=False a plain setting is 'key=value'."""
+    if not factor.is_case:
+        text = format_value(row[factor.keys[0]])
+        return text if bare else f"{factor.keys[0]}={text}"
+    head, rest = [], []
+    for key in factor.keys:
+        mode_key, modes = _ONLY_FOR.get(key, (None, None))
+        if mode_key in row and row[mode_key] not in modes:
+            continue
+        if key in _MODE_KEYS:
+            head.append(str(row[key]))
+        else:
+            rest.append(f"{key}={format_value(row[key])}")
+    if head:
+        return " ".join(head) + (f" ({', '.join(rest)})" if rest else "")
+    return ", ".join(rest) or "(default)"
+
+
+
+def setting_label(factors: list[Factor], row: pd.Series | dict[str, Any]) -> str:
+    return ", ".join(factor_label(f, row, bare=False) for f in factors) or "all trials"
+
+
+
+def interval(values: pd.Series) -> tuple[int, float, float, float, float]:
+    """(n, mean, std, ci95_low, ci95_high) of the finite values: Student's t, NaN interval when n < 2."""
+    values = values.astype(float)
+    values = values[np.isfinite(values)]
+    n = len(values)
+    if n == 0:
+        return 0, np.nan, np.nan, np.nan, np.nan
+    mean = float(values.mean())
+    if n < 2:
+        return 1, mean, np.nan, np.nan, np.nan
+    std = float(values.std(ddof=1))
+    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return n, mean, std, mean - half, mean + half
+
+
+
+def compare(trials: pd.DataFrame, factors: list[Factor]) -> pd.DataFrame:
+    """One row per setting (the factors' keys, seeds pooled), in the factors' order."""
+    keys = setting_keys(factors)
+    grouped = trials.groupby(keys, dropna=False, sort=False) if keys else [((), trials)]
+    rows = []
+    for _, group in grouped:
+        first = group.iloc[0]
+        ranked = group[group["status"].isin(RANKED)]
+        completed = group[group["status"] == "completed"]
+        row = {key: first[key] for key in keys}
+        row["setting"] = setting_label(factors, first)
+        row["n_trials"] = len(group)
+        row["n_seeds"] = int(group[SEED].nunique()) if SEED in group else len(group)
+        for name, count, subset in (("best_valid_ppl", "n_valid", ranked), ("test_ppl", "n_test", completed)):
+            n, mean, std, low, high = interval(subset[name])
+            row[count] = n
+            row.update({f"{name}_mean": mean, f"{name}_std": std, f"{name}_ci95_low": low, f"{name}_ci95_high": high})
+        row["epochs_run_mean"] = float(group["epochs_run"].mean())
+        for status in ("completed", "stopped_early", "diverged", "error"):
+            row[f"n_{status}"] = int((group["status"] == status).sum())
+        row["n_unfinished"] = int(group["status"].isin(UNFINISHED).sum())
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return _sort(table, factors)
+
+
+
+def _ranks(frame: pd.DataFrame, factor: Factor) -> pd.Series:
+    """Each row's place on the factor's axis: numbers ascending (none last), else order of appearance."""
+    values = frame[factor.keys[0]]
+    if not factor.is_case and pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        return values.astype(float)
+    labels = pd.Series([factor_label(factor, row) for _, row in frame.iterrows()], index=frame.index)
+    first = {label: i for i, label in enumerate(dict.fromkeys(labels))}
+    return labels.map(first).astype(float)
+
+
+
+def _sort(frame: pd.DataFrame, factors: list[Factor]) -> pd.DataFrame:
+    """`frame` ordered by the factors in turn (the first the slowest)."""
+    if not factors or frame.empty:
+        return frame.reset_index(drop=True)
+    ranks = pd.DataFrame({i: _ranks(frame, f) for i, f in enumerate(factors)}, index=frame.index)
+    order = ranks.sort_values(list(ranks.columns), kind="stable").index
+    return frame.loc[order].reset_index(drop=True)
+
+
+
+@dataclass(frozen=True)
+
+
+class Pivot:
+    """The comparison laid out as a grid: one factor down, the others across."""
+
+    rows: Factor | None
+    columns: list[Factor]
+    row_title: str
+    column_title: str
+    frame: pd.DataFrame  # the comparison, ordered rows first, with "_row" and "_col" labels
+
+    def grid(self, value: str) -> pd.DataFrame:
+        table = self.frame.pivot(index="_row", columns="_col", values=value)
+        return table.reindex(index=list(dict.fromkeys(self.frame["_row"])), columns=self.column_order())
+
+    def column_order(self) -> list[str]:
+        ordered = _sort(self.frame, self.columns) if self.columns else self.frame
+        return list(dict.fromkeys(ordered["_col"]))
+
+
+
+def pivot(comparison: pd.DataFrame, factors: list[Factor]) -> Pivot:
+    """max_grad_norm down (when it varies on its own), else the first factor; the rest across."""
+    rows = next((f for f in factors if f.name == "max_grad_norm"), factors[0] if factors else None)
+    columns = [f for f in factors if f is not rows]
+    frame = _sort(comparison, [f for f in (rows, *columns) if f is not None])
+    frame["_row"] = [factor_label(rows, r) if rows else "all trials" for _, r in frame.iterrows()]
+    frame["_col"] = [
+        ", ".join(factor_label(f, r, bare=len(columns) == 1) for f in columns) or "mean" for _, r in frame.iterrows()
+    ]
+    return Pivot(rows, columns, rows.name if rows else "", ", ".join(f.name for f in columns), frame)
