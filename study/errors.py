@@ -8,6 +8,8 @@ from functools import wraps
 
 from pydantic import ValidationError
 
+from study.redact import redact
+
 
 class UsageError(Exception):
     """A mistake in the user's input (flag, file, value): printed as one line, exit status 2."""
@@ -33,7 +35,10 @@ def main_with_errors(main: Callable[..., int | None]) -> Callable[..., int]:
         try:
             return main(*args, **kwargs) or 0
         except UsageError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {redact(str(error))}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # Ctrl-C outside the sweep's own handling (loading, starting Ray, the report)
+            print("interrupted", file=sys.stderr)
+            return 130
 
     return wrapper

@@ -19,7 +19,7 @@ import logging
 import os
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -27,12 +27,14 @@ import ray
 from ray import tune
 
 from study import metrics as m
+from study.capacity import Node, autoscaling, check_address, check_capacity, check_resource_flag, live_nodes, trials_at_once
 from study.data import DATA_ENV, Corpus, load_corpus
 from study.errors import UsageError, main_with_errors
 from study.estimate import Calibration, calibration, estimate_lines, trial_epochs
 from study.prefix import SharingPlan, epochs_saved
 from study.prefix_search import PrefixSearch
 from study.progress import SweepProgress, quiet_ray, start_board
+from study.redact import redact
 from study.report import child_location, code_versions, filesystem_and_path, git_state, write_report
 from study.spaces import Space, load_space, trial_config
 from study.trainable import train_trial, trial_threads
@@ -70,24 +72,35 @@ def storage_uri(path: str) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
+def ray_storage(storage: str) -> tuple[str, pafs.FileSystem | None]:
+    """Where Ray keeps the experiment: a URI goes as its filesystem and a bare path, so that the
+    credentials a URI may carry stay out of the paths Ray writes into its own files."""
+    if "://" not in storage or storage.startswith("file://"):
+        return storage, None
+    filesystem, path = pafs.FileSystem.from_uri(storage)
+    return path, filesystem
+
+
 def experiment_exists(experiment: str) -> bool:
+    """Whether `experiment` holds a sweep that --resume can continue: Ray's tuner.pkl is there."""
+    return tune.Tuner.can_restore(experiment)
+
+
+def experiment_started(experiment: str) -> bool:
+    """Whether a sweep began in `experiment` (its folder exists), resumable or not."""
     filesystem, root = filesystem_and_path(experiment)
-    return filesystem.get_file_info(f"{root}/{STUDY_FILE}").type != pafs.FileType.NotFound or any(
-        info.base_name.startswith("experiment_state")
-        for info in (
-            filesystem.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-        )
-    )
+    return filesystem.get_file_info(root).type != pafs.FileType.NotFound
 
 
-def trials_at_once(options: SweepOptions, cluster_cpus: float | None, cluster_gpus: float | None) -> int | None:
-    """How many trials the cluster holds at once; None when its CPUs are unknown (before joining it)."""
-    if not cluster_cpus:
-        return None
-    limits = [cluster_cpus // options.cpus_per_trial]
-    if options.gpus_per_trial:
-        limits.append((cluster_gpus or 0) // options.gpus_per_trial)
-    return int(min(limits))
+def read_study_file(experiment: str) -> dict:
+    """study.json of `experiment` ({} when absent or unreadable: then nothing is checked against it)."""
+    filesystem, root = filesystem_and_path(experiment)
+    try:
+        with filesystem.open_input_stream(f"{root}/{STUDY_FILE}") as stream:
+            study = json.loads(stream.read())
+    except (OSError, ValueError):
+        return {}
+    return study if isinstance(study, dict) else {}
 
 
 def plan_timing(options: SweepOptions, corpus: Corpus | None) -> Calibration | str:
@@ -103,16 +116,17 @@ def saved_by_sharing(options: SweepOptions) -> int:
 
 def plan(
     options: SweepOptions,
-    cluster_cpus: float | None,
-    cluster_gpus: float | None,
+    nodes: list[Node] | None,  # the Ray's live nodes; None before joining a cluster
     timing: Calibration | str | None = None,
     shared_epochs_saved: int = 0,  # trial-epochs that shared prefixes train once (study/prefix.py)
 ) -> str:
     """What the sweep will do, printed before it starts (and alone with --dry-run)."""
     space = options.space
     trials = space.trial_count(options.num_samples)
-    at_once = trials_at_once(options, cluster_cpus, cluster_gpus)
+    at_once = trials_at_once(options.cpus_per_trial, options.gpus_per_trial, nodes)
     concurrency = "?" if at_once is None else str(at_once)
+    cluster_cpus = sum(node.cpus for node in nodes) if nodes else None
+    cluster_gpus = sum(node.gpus for node in nodes) if nodes else None
     lines = [
         f"Study '{space.name}' ({space.path}): {space.description.strip()}",
         f"  preset {space.preset}, {options.epochs} epochs per trial, varying {', '.join(space.varied_keys()) or 'nothing'}",
@@ -120,7 +134,8 @@ def plan(
         f"(grace period {space.scheduler.grace_period}, reduction factor {space.scheduler.reduction_factor}, "
         f"brackets {space.scheduler.brackets}, max_t {options.epochs})",
         f"  resources per trial: {options.cpus_per_trial:g} CPU, {options.gpus_per_trial:g} GPU; "
-        f"{concurrency} trials at once on {cluster_cpus or '?'} CPUs and {cluster_gpus or 0:g} GPUs",
+        f"{concurrency} trials at once on {'?' if cluster_cpus is None else f'{cluster_cpus:g}'} CPUs and "
+        f"{'?' if cluster_gpus is None else f'{cluster_gpus:g}'} GPUs" + (f" ({len(nodes)} nodes)" if nodes and len(nodes) > 1 else ""),
         f"  retries per trial: {options.max_failures}; results: {options.experiment}" + (" (resuming)" if options.resume else ""),
     ]
     counts = trial_epochs(space, options.epochs, options.num_samples, shared_epochs_saved)
@@ -138,8 +153,12 @@ def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Call
         tune.with_parameters(train_trial, corpus=corpus, preset=space.preset, sharing=sharing),
         {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
     )
+    path, filesystem = ray_storage(options.storage)
     if options.resume:
-        tuner = tune.Tuner.restore(options.experiment, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(
+            child_location(path, space.name) if filesystem else options.experiment, trainable,
+            resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem,
+        )
         # tuner.pkl holds the first run's RunConfig: this run's callbacks and verbosity replace its own.
         run_config = tuner._local_tuner.get_run_config()
         run_config.callbacks, run_config.verbose = callbacks, None if options.verbose else 0
@@ -153,7 +172,8 @@ def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Call
         ),
         run_config=tune.RunConfig(
             name=space.name,
-            storage_path=options.storage,
+            storage_path=path,
+            storage_filesystem=filesystem,
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
@@ -162,8 +182,9 @@ def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Call
     )
 
 
-def write_study_file(options: SweepOptions, corpus: Corpus) -> None:
-    """The study's own description beside Ray's state: what the report reads for provenance."""
+def write_study_file(options: SweepOptions, corpus: Corpus, resume_with: str | None = None) -> None:
+    """The study's own description beside Ray's state: what the report reads for provenance, and
+    what --resume holds a continued sweep to. Written whole under a temporary name, then renamed."""
     filesystem, root = filesystem_and_path(options.experiment)
     filesystem.create_dir(root, recursive=True)
     study = {
@@ -171,19 +192,27 @@ def write_study_file(options: SweepOptions, corpus: Corpus) -> None:
         "space_text": options.space.text,
         "preset": options.space.preset,
         "epochs": options.epochs,
+        "seeds": list(options.space.seeds) if options.space.seeds else None,
+        "num_samples": options.num_samples,
+        "prefix_sharing": options.prefix_sharing,
+        "resume_command": redact(resume_with) if resume_with else None,
         "varied": options.space.varied_keys(),
         "data_sha256": corpus.sha256,
         "versions": code_versions(),  # at sweep time: the code that trained, not the one that reports
         **git_state(),
     }
-    with filesystem.open_output_stream(f"{root}/{STUDY_FILE}") as stream:
+    with filesystem.open_output_stream(f"{root}/{STUDY_FILE}.partial") as stream:
         stream.write(json.dumps(study, indent=2).encode())
+    filesystem.move(f"{root}/{STUDY_FILE}.partial", f"{root}/{STUDY_FILE}")
 
 
-def run_sweep(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Callback] | None = None) -> tune.ResultGrid:
-    """Fit (or resume) the study on the Ray that is connected, then refresh its report."""
+def run_sweep(
+    options: SweepOptions, corpus: Corpus, callbacks: list[tune.Callback] | None = None, resume_with: str | None = None,
+) -> tune.ResultGrid:
+    """Fit (or resume) the study on the Ray that is connected, then refresh its report.
+    `resume_with`: the command that continues it, kept in study.json for the report."""
     if not options.resume:
-        write_study_file(options, corpus)
+        write_study_file(options, corpus, resume_with)
     results = build_tuner(options, corpus, callbacks).fit()
     write_report(options.experiment)
     return results
@@ -213,9 +242,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def options_from_args(args: argparse.Namespace) -> SweepOptions:
     for flag in ("cpus_per_trial", "gpus_per_trial", "num_samples", "epochs", "max_failures"):
-        value = getattr(args, flag)
-        if value is not None and (value < 0 or (value == 0 and flag in ("cpus_per_trial", "num_samples", "epochs"))):
-            raise UsageError(f"--{flag.replace('_', '-')} {value}: must be {'at least 0' if flag in ('gpus_per_trial', 'max_failures') else 'positive'}")
+        check_resource_flag(f"--{flag.replace('_', '-')}", getattr(args, flag), positive=flag in ("cpus_per_trial", "num_samples", "epochs"))
     space = load_space(args.space, epochs=args.epochs, seeds=args.seeds)
     return SweepOptions(
         space=space,
@@ -235,49 +262,98 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = options_from_args(args)
-    exists = experiment_exists(options.experiment)
-    if options.resume and not exists:
-        raise UsageError(f"--resume: no sweep to continue in {options.experiment}")
-    if not options.resume and exists:
-        raise UsageError(f"{options.experiment} already holds this study: add --resume to continue it, or choose another --storage")
+    if options.resume:
+        args, options = to_resume(args, options)
+    elif experiment_exists(options.experiment):
+        raise UsageError(f"{redact(options.experiment)} already holds this study: add --resume to continue it, or choose another --storage")
+    elif experiment_started(options.experiment):  # killed before Ray saved anything: nothing to lose
+        print(f"{redact(options.experiment)}: a sweep started here and stopped before Ray saved its state; starting it again")
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not args.verbose:
         quiet_ray()
     if args.dry_run:
-        cpus = None if address else available_cpus()
+        nodes = None if address else [Node(available_cpus(), 0)]
         timing = plan_timing(options, None)  # the cache, else time on the data if it is here (no download)
         if isinstance(timing, str):
             try:
                 timing = plan_timing(options, load_corpus(args.data_dir, urls=()))
             except UsageError as error:  # a wrong --data-dir says so; no data at all keeps the reason above
                 timing = str(error) if args.data_dir else timing
-        print(plan(options, cpus, None if address else 0, timing, saved_by_sharing(options)))
+        print(redact(plan(options, nodes, timing, saved_by_sharing(options))))
         return 0
+    check_address(address)  # seconds, where ray.init would retry for minutes
     corpus = load_corpus(args.data_dir)  # before Ray starts: a data problem is one line, not a trial error
     timing = plan_timing(options, corpus)  # before Ray starts, so that nothing else runs meanwhile
     ray.init(
         address=address, log_to_driver=False, include_dashboard=False if address is None else None,
         logging_level=logging.INFO if args.verbose else logging.WARNING,
     )
-    resources = ray.cluster_resources()
-    print(plan(options, resources.get("CPU"), resources.get("GPU", 0), timing, saved_by_sharing(options)), flush=True)
+    nodes = live_nodes()
+    capacity_warning = check_capacity(options.cpus_per_trial, options.gpus_per_trial, nodes, autoscaling())
+    print(redact(plan(options, nodes, timing, saved_by_sharing(options))), flush=True)
+    if capacity_warning:
+        print(capacity_warning, flush=True)
     tracker = SweepProgress.for_sweep(
         options.space, options.epochs, options.num_samples, timing,
-        trials_at_once(options, resources.get("CPU"), resources.get("GPU", 0)), start_board(), verbose=args.verbose,
+        trials_at_once(options.cpus_per_trial, options.gpus_per_trial, nodes), start_board(), verbose=args.verbose,
         shared_epochs_saved=saved_by_sharing(options),
     )
+    again = resume_command(args, options, corpus.folder)
     try:
-        results = run_sweep(options, corpus, [tracker])
+        results = run_sweep(options, corpus, [tracker], resume_with=again)
     except KeyboardInterrupt:  # a second Ctrl-C, while Tune was saving its state
         results = None
     finally:
         tracker.close()
     if results is not None:
-        print(closing_summary(options, results))
+        print(redact(closing_summary(options, results, again)))
     if results is None or tracker.interrupted:
-        print("\n".join(tracker.interruption_lines(options.experiment, resume_command(args, options, corpus.folder))))
+        print(redact("\n".join(tracker.interruption_lines(options.experiment, again))))
         return 130  # as a shell reports a command stopped by SIGINT
-    return 1 if any(result.error for result in results) else 0
+    return exit_code(results)
+
+
+def exit_code(results: tune.ResultGrid) -> int:
+    """1 when a trial ended in error after its retries, or no trial finished an epoch; else 0."""
+    return 1 if any(result.error for result in results) or not any(result.metrics for result in results) else 0
+
+
+RESUMED_FLAGS = ("epochs", "seeds", "num_samples")  # fixed when a sweep starts: its trials and ASHA's rungs
+
+
+def to_resume(args: argparse.Namespace, options: SweepOptions) -> tuple[argparse.Namespace, SweepOptions]:
+    """The arguments and options that continue the sweep in options.experiment as it started:
+    its epochs, seeds and samples come from study.json; a flag that would change them, or a space
+    file edited since, is refused. A folder whose sweep stopped before Ray saved its state is
+    started again from the beginning."""
+    where = redact(options.experiment)
+    if not experiment_exists(options.experiment):
+        if experiment_started(options.experiment):
+            print(f"{where}: the sweep stopped before Ray saved its state, so nothing is lost; starting it again")
+            return args, replace(options, resume=False)
+        raise UsageError(f"--resume: no sweep to continue in {where}")
+    study = read_study_file(options.experiment)
+    if study.get("space_text") not in (None, options.space.text):
+        raise UsageError(
+            f"{options.space.path}: changed since the sweep in {where} started; --resume continues the sweep "
+            "as it started (study.json holds that space): restore the file, or start a new study with another --storage"
+        )
+    started = {flag: study.get(flag) for flag in RESUMED_FLAGS}
+    for flag, value in started.items():
+        given = getattr(args, flag)
+        if given is not None and value is not None and given != value:
+            name = "--" + flag.replace("_", "-")
+            raise UsageError(
+                f"{name} {given}: --resume continues the sweep in {where} as it started ({flag} {value}); "
+                f"to run with {name} {given}, start a new study with another --storage"
+            )
+    if args.no_prefix_sharing and study.get("prefix_sharing"):
+        raise UsageError(f"--no-prefix-sharing: the sweep in {where} started with shared prefixes, and continues with them")
+    filled = argparse.Namespace(**{
+        **vars(args), **{flag: value for flag, value in started.items() if value is not None},
+        "no_prefix_sharing": args.no_prefix_sharing or study.get("prefix_sharing") is False,
+    })
+    return filled, options_from_args(filled)
 
 
 def resume_command(args: argparse.Namespace, options: SweepOptions, data_dir: str) -> str:
@@ -305,18 +381,24 @@ def error_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def closing_summary(options: SweepOptions, results: tune.ResultGrid) -> str:
+def closing_summary(options: SweepOptions, results: tune.ResultGrid, resume_with: str | None = None) -> str:
+    """The lines printed when the sweep ends: errors, the best setting, where the results are."""
     errored = [result for result in results if result.error]
     lines = [f"{len(results)} trials, {len(errored)} errored" + ("." if not errored else " after their retries:")]
     lines += [f"  {Path(result.path).name}: {error_line(result.error)}" for result in errored]
+    if errored and resume_with:
+        lines.append(f"Once the cause is fixed, retry them from their last checkpoints: {resume_with}")
     try:
         best = results.get_best_result(metric=m.OBJECTIVE, mode=m.MODE, scope="all", filter_nan_and_inf=True)
     except RuntimeError:  # no trial reported a finite valid_ppl yet (interrupted early, or all diverged)
         best = None
-    if best and best.metrics:
+    history = best.metrics_dataframe if best is not None else None
+    if history is not None and m.OBJECTIVE in history:
         config = trial_config(best.config, options.space.preset).model_dump()
         setting = {key: config[key] for key in options.space.varied_keys()}
-        lines.append(f"Best {m.OBJECTIVE}: {best.metrics_dataframe[m.OBJECTIVE].min():.2f} with {setting}")
+        lines.append(f"Best {m.OBJECTIVE}: {history[m.OBJECTIVE].min():.2f} with {setting}")
+    elif results and not any(result.metrics for result in results):
+        lines.append("No trial finished an epoch: there is nothing to compare.")
     lines.append(f"Tables and summary: {options.experiment} (trials.parquet, epochs.parquet, comparison.parquet, summary.md)")
     lines.append(f"TensorBoard: tensorboard --logdir {options.experiment}")
     return "\n".join(lines)

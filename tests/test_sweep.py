@@ -3,6 +3,7 @@ interrupted and resumed sweep, and a two-node cluster."""
 
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -88,6 +89,14 @@ def test_sweep_into_s3_storage_writes_every_table_there(ray_session, tiny_corpus
         [sys.executable, "-m", "study.report", options.experiment, "--provenance"], capture_output=True, text=True
     )
     assert done.returncode == 0 and "remote" in done.stdout, done.stderr
+    leaks = {
+        info.base_name for info in bucket.get_file_info(pafs.FileSelector("bucket/results", recursive=True))
+        if info.type == pafs.FileType.File and b"secret" in bucket.open_input_file(info.path).read()
+    }
+    # Ray pickles the storage filesystem, credentials and all, into tuner.pkl and its search state
+    # (README: use AWS_* variables); nothing else in the bucket and nothing printed holds them.
+    assert {name for name in leaks if name != "tuner.pkl" and not name.startswith("basic-variant-state")} == set()
+    assert "secret" not in done.stdout + done.stderr
 
 
 class KillOnce(tune.Callback):
@@ -140,9 +149,22 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_session,
     first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
     output = finish(first)
     assert first.returncode == 130, output[-3000:]  # interrupted before the end, and says so
-    assert "--resume" in output.splitlines()[-1] or any(line.strip().endswith("--resume") for line in output.splitlines())
+    printed = next(line for line in output.splitlines() if line.startswith("Resume: "))[len("Resume: "):]
+    words = shlex.split(printed)
+    assert words[:3] == ["python", "-m", "study.sweep"] and words[3] == str(space) and words[-1] == "--resume"
 
-    second = run_cli([*args, "--resume"])
+    before = {path: path.read_bytes() for path in experiment.rglob("*") if path.is_file()}
+    for changed, named in ((["--seeds", "0", "1"], "--seeds [0, 1]"), (["--epochs", "9"], "--epochs 9")):
+        refused = subprocess.run([sys.executable, *words[1:], *changed], capture_output=True, text=True)
+        assert refused.returncode == 2 and refused.stderr.startswith(f"error: {named}: --resume continues"), refused.stderr
+        assert "trials:" not in refused.stdout  # no plan it would not run
+    space.write_text(space.read_text().replace("grace_period: 2", "grace_period: 3"))
+    refused = subprocess.run([sys.executable, *words[1:]], capture_output=True, text=True)
+    assert refused.returncode == 2 and "changed since the sweep" in refused.stderr
+    space.write_text(space.read_text().replace("grace_period: 3", "grace_period: 2"))
+    assert {path: path.read_bytes() for path in experiment.rglob("*") if path.is_file()} == before
+
+    second = subprocess.Popen([sys.executable, *words[1:]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = finish(second)
     assert second.returncode == 0, output[-3000:]
     trials, epochs = tables(str(experiment))
@@ -156,6 +178,7 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_session,
 def test_a_second_run_into_the_same_results_is_refused(tmp_path):
     (tmp_path / "smoke").mkdir()
     (tmp_path / "smoke" / "study.json").write_text("{}")
+    (tmp_path / "smoke" / "tuner.pkl").write_bytes(b"Ray's saved sweep")  # what --resume continues
     done = subprocess.run([sys.executable, "-m", "study.sweep", "smoke", "--storage", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 2 and "--resume" in done.stderr and done.stderr.count("\n") == 1
     assert (tmp_path / "smoke" / "study.json").read_text() == "{}"
