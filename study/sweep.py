@@ -19,9 +19,11 @@ import logging
 import os
 import shlex
 import sys
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 from ray import tune
@@ -79,6 +81,44 @@ def ray_storage(storage: str) -> tuple[str, pafs.FileSystem | None]:
         return storage, None
     filesystem, path = pafs.FileSystem.from_uri(storage)
     return path, filesystem
+
+
+STORAGE_TIMEOUT_S = 20.0
+
+
+def check_storage(storage: str) -> None:
+    """Refuse in one line, before anything starts, a --storage that cannot hold the results: a URI
+    pyarrow cannot open, a store that does not answer within STORAGE_TIMEOUT_S, a local path below a
+    file or in a folder this user cannot write."""
+    allowed = "a folder, or a URI pyarrow opens (file://, s3://bucket/path, gs://bucket/path; options after ?)"
+    try:
+        filesystem, root = filesystem_and_path(storage)
+    except (pa.ArrowException, ValueError, OSError) as error:
+        raise UsageError(f"--storage {redact(storage)}: {redact(str(error).splitlines()[0])}; allowed: {allowed}") from None
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        existing = Path(root)
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            problem = "is a file" if not existing.is_dir() else "is not writable by this user"
+            raise UsageError(f"--storage {storage}: {existing} {problem}; allowed: a folder this user can write")
+        return
+    answer: list[BaseException | None] = []
+    probe = threading.Thread(target=lambda: answer.append(_reach(filesystem, root)), daemon=True)
+    probe.start()
+    probe.join(STORAGE_TIMEOUT_S)
+    if not answer:
+        raise UsageError(f"--storage {redact(storage)}: no answer within {STORAGE_TIMEOUT_S:g} s; check the endpoint and the network")
+    if answer[0] is not None:
+        raise UsageError(f"--storage {redact(storage)}: {redact(str(answer[0]).splitlines()[0])}")
+
+
+def _reach(filesystem: pafs.FileSystem, root: str) -> BaseException | None:
+    try:
+        filesystem.get_file_info(root)
+    except Exception as error:  # whatever the store says (refused, denied, no such bucket) goes into the line
+        return error
+    return None
 
 
 def experiment_exists(experiment: str) -> bool:
@@ -262,6 +302,7 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = options_from_args(args)
+    check_storage(options.storage)
     if options.resume:
         args, options = to_resume(args, options)
     elif experiment_exists(options.experiment):

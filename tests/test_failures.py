@@ -177,3 +177,21 @@ def test_a_second_ctrl_c_still_exits_130_without_a_traceback(ray_session, tiny_c
     output = process.communicate(timeout=120)[0]
     assert process.returncode == 130, output[-3000:]
     assert "Traceback" not in output and time.monotonic() - started < 60
+
+
+def test_storage_that_cannot_hold_results_is_refused_before_anything_starts(tmp_path, earlier_results):
+    before = folder_hash(earlier_results)
+    blocker = earlier_results / "other" / "study.json"  # a file where a folder would have to go
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    cases = [
+        (str(blocker / "results"), f"{blocker} is a file"),
+        ("foo://bucket/results", "Unrecognized filesystem type in URI"),
+        (f"s3://KEY:SECRET@bucket/results?endpoint_override=127.0.0.1:{closed}&scheme=http&region=us-east-1", "s3://***@bucket/results"),
+    ]
+    for storage, says in cases:
+        done = cli(["smoke", "--storage", storage], timeout=120)
+        assert_refused(done, "--storage", says)
+        assert "SECRET" not in done.stdout + done.stderr
+    assert folder_hash(earlier_results) == before
