@@ -14,10 +14,11 @@ import argparse
 import math
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from study.errors import UsageError, describe_validation_error
 
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits; torch takes 64
 ClipMode = Literal["global_norm", "value", "per_tensor_norm", "adaptive", "none"]
 Schedule = Literal["zaremba", "exponential", "plateau", "constant"]
 Precision = Literal["fp32", "bf16"]
@@ -26,7 +27,8 @@ Precision = Literal["fp32", "bf16"]
 class TrainConfig(BaseModel):
     """Every setting of one run. Field names follow TF's ptb_word_lm where it has one."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Numbers are finite (max_grad_norm's inf excepted), and true/false or text is not taken for one.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     # Model: sizes of the Zaremba LSTM (the vocabulary size comes from the data).
     num_layers: int = Field(2, ge=1, description="LSTM layers")
@@ -54,18 +56,30 @@ class TrainConfig(BaseModel):
     # Gradient clipping.
     clip_mode: ClipMode = Field("global_norm", description="gradient clipping strategy")
     max_grad_norm: float = Field(
-        5.0, gt=0, description="clipping threshold c (norm, or value for 'value'); inf disables clipping"
+        5.0, gt=0, allow_inf_nan=True, description="clipping threshold c (norm, or value for 'value'); inf disables clipping"
     )
     clip_percentile: float = Field(10.0, gt=0, le=100, description="adaptive: percentile of past norms used as c")
 
     # Data and randomness.
     max_words: int = Field(0, ge=0, description="use only the first N words of each split, 0 for all")
-    seed: int = Field(0, ge=0, description="seed of initialisation and dropout")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of initialisation and dropout (numpy takes 0 .. 2**32 - 1)")
 
     # Arithmetic.
     precision: Precision = Field(
         "fp32", description="bf16: matrix products in bfloat16 (autocast); weights, cost, gradient norms and clipping stay float32"
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_words_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false or a quoted "5" where a number belongs is an error, not 1.0 or 5.0;
+        a yes/no setting takes true or false only."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if annotation in (int, float) and isinstance(value, (bool, str)):
+            raise ValueError(f"must be a number, not {type(value).__name__} {value!r}")
+        if annotation is bool and not isinstance(value, bool):
+            raise ValueError(f"must be true or false, not {value!r}")
+        return value
 
     @field_validator("max_grad_norm")
     @classmethod

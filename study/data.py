@@ -41,7 +41,7 @@ import urllib.request
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -73,6 +73,15 @@ class Corpus:
     test: torch.Tensor
     folder: str  # where the files were read from
     sha256: dict[str, str]  # file name -> sum of the file actually read (provenance)
+    dropped: dict[str, int] = field(default_factory=dict)  # file name -> its words not in train's vocabulary
+
+    def dropped_note(self) -> str | None:
+        """One line on the words left out because train never has them (PTB: none, its rare words are <unk>)."""
+        counts = {name: n for name, n in self.dropped.items() if n}
+        if not counts:
+            return None
+        parts = ", ".join(f"{n} in {name}" for name, n in counts.items())
+        return f"data: {parts} not in the vocabulary of ptb.train.txt, dropped (as TF's reader does); map rare words to <unk> to keep them"
 
     def truncated(self, max_words: int) -> Corpus:
         """The first `max_words` ids of each split (0: all of them); same vocabulary."""
@@ -221,8 +230,15 @@ def load_corpus(data_dir: str | Path | None = None, **find_kwargs) -> Corpus:
             raise UsageError(f"{folder / name} holds no words: {', '.join(PTB_FILES)} must each hold text")
         words[name] = _tokens(text)
     vocab = build_vocab(words["ptb.train.txt"])
-    train, valid, test = (to_ids(words[name], vocab) for name in PTB_FILES)
-    return Corpus(tuple(vocab), train, valid, test, str(folder), sums)
+    train, valid, test = ids = [to_ids(words[name], vocab) for name in PTB_FILES]
+    dropped = {name: len(words[name]) - len(split) for name, split in zip(PTB_FILES, ids)}
+    for name, split in zip(PTB_FILES, ids):
+        if len(split) < 2:  # nothing to predict: a perplexity over no words would read 1.0
+            raise UsageError(
+                f"{folder / name}: {len(split)} of its {len(words[name])} words (<eos> included) in the vocabulary of "
+                "ptb.train.txt, so there is nothing to predict; it needs at least 2 words the training file has"
+            )
+    return Corpus(tuple(vocab), train, valid, test, str(folder), sums, dropped)
 
 
 def _read(path: Path) -> tuple[str, str]:

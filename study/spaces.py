@@ -59,7 +59,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from study import metrics
-from study.config import PRESETS, TrainConfig, make_config
+from study.config import MAX_SEED, PRESETS, TrainConfig, make_config
+from study.data import Corpus, num_batches
 from study.errors import UsageError
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -82,14 +83,14 @@ _RAY_DOMAINS = {
 
 
 class _Scheduler(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)  # 4, not "4", true or .inf
     grace_period: int = Field(1, ge=1, description="an integer >= 1, at most the epochs of a run")
     reduction_factor: float = Field(4.0, gt=1, description="a number > 1")
     brackets: int = Field(1, ge=1, description="an integer >= 1")
 
 
 class _Resources(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     cpus_per_trial: float = Field(1.0, gt=0, description="a number > 0, fractions allowed")
     gpus_per_trial: float = Field(0.0, ge=0, description="a number >= 0, fractions allowed")
 
@@ -102,8 +103,8 @@ class _SpaceFile(BaseModel):
     preset: str = Field("small", description=", ".join(PRESETS))
     fixed: dict[str, Any] = Field(default_factory=dict, description="a mapping of run settings to values")
     vary: dict[str, Any] = Field(default_factory=dict, description="a mapping of run settings to domains")
-    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(
-        None, min_length=1, description="a non-empty list of distinct integers >= 0"
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED, strict=True)]] | None = Field(
+        None, min_length=1, description=f"a non-empty list of distinct integers 0 .. {MAX_SEED}"
     )
     num_samples: int = Field(1, ge=1, description="an integer >= 1")
     scheduler: _Scheduler = Field(default_factory=_Scheduler, description="grace_period, reduction_factor, brackets")
@@ -241,6 +242,19 @@ class Space:
                 return set(range(*values)) if kind == "randint" else set(values)
         return {base}
 
+    def check_corpus_fits(self, corpus: Corpus) -> None:
+        """Refuse (UsageError) a space with a trial whose batch shape cannot fill one epoch of the
+        corpus's train or valid split: checked for the largest batch_size and num_steps and the
+        fewest max_words any trial takes, before any trial starts."""
+        batch_size, num_steps = max(self._values("batch_size")), max(self._values("num_steps"))
+        max_words = min(self._values("max_words"), key=lambda n: n or math.inf)
+        truncated = corpus.truncated(max_words)
+        for name, split in (("ptb.train.txt", truncated.train), ("ptb.valid.txt", truncated.valid)):
+            try:
+                num_batches(len(split) // batch_size, num_steps, batch_size=batch_size)
+            except UsageError as error:
+                raise UsageError(f"{self.path}: {name}{f' (max_words {max_words})' if max_words else ''}: {error}") from None
+
     def _check_grace(self, epochs: int) -> None:
         if self.scheduler.grace_period > epochs:
             raise UsageError(
@@ -316,8 +330,8 @@ def _build(parsed: _SpaceFile, path: Path, text: str, epochs: int | None, seeds:
     fixed, vary, seed_list, seeds_key = dict(parsed.fixed), dict(parsed.vary), parsed.seeds, "seeds"
     if seeds is not None:  # the command line's seeds replace whatever the file says about seed
         seed_list, seeds_key = list(seeds), "seeds (override)"
-        if not seed_list or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seed_list):
-            raise check.fail(seeds_key, repr(seed_list), "a non-empty list of integers >= 0")
+        if not seed_list or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seed_list):
+            raise check.fail(seeds_key, repr(seed_list), f"a non-empty list of integers 0 .. {MAX_SEED}")
         fixed.pop("seed", None)
         vary.pop("seed", None)
     if seed_list is not None and len(set(seed_list)) < len(seed_list):

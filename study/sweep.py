@@ -32,6 +32,7 @@ from study import metrics as m
 from study.capacity import Node, autoscaling, check_address, check_capacity, check_resource_flag, live_nodes, trials_at_once
 from study.data import DATA_ENV, Corpus, load_corpus
 from study.errors import UsageError, main_with_errors
+from study.outputs import check_output_folder
 from study.estimate import Calibration, calibration, estimate_lines, trial_epochs
 from study.prefix import SharingPlan, epochs_saved
 from study.prefix_search import PrefixSearch
@@ -96,12 +97,7 @@ def check_storage(storage: str) -> None:
     except (pa.ArrowException, ValueError, OSError) as error:
         raise UsageError(f"--storage {redact(storage)}: {redact(str(error).splitlines()[0])}; allowed: {allowed}") from None
     if isinstance(filesystem, pafs.LocalFileSystem):
-        existing = Path(root)
-        while not existing.exists():
-            existing = existing.parent
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            problem = "is a file" if not existing.is_dir() else "is not writable by this user"
-            raise UsageError(f"--storage {storage}: {existing} {problem}; allowed: a folder this user can write")
+        check_output_folder(root, "--storage")
         return
     answer: list[BaseException | None] = []
     probe = threading.Thread(target=lambda: answer.append(_reach(filesystem, root)), daemon=True)
@@ -324,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     check_address(address)  # seconds, where ray.init would retry for minutes
     corpus = load_corpus(args.data_dir)  # before Ray starts: a data problem is one line, not a trial error
+    options.space.check_corpus_fits(corpus)
+    if corpus.dropped_note():
+        print(corpus.dropped_note())
     timing = plan_timing(options, corpus)  # before Ray starts, so that nothing else runs meanwhile
     ray.init(
         address=address, log_to_driver=False, include_dashboard=False if address is None else None,

@@ -32,6 +32,7 @@ from study.config import PRESETS, Precision, TrainConfig, add_config_arguments, 
 from study.data import DATA_ENV, Corpus, batchify, batches, load_corpus, num_batches
 from study.errors import UsageError, main_with_errors
 from study.model import LSTMLanguageModel, State
+from study.outputs import check_output_file
 from study.schedules import make_schedule
 from study.state import check_identity, read_state, run_identity, save_state
 from study.tables import write_table
@@ -167,6 +168,7 @@ class Trainer:
         self.valid_data = batchify(corpus.valid, config.batch_size).to(self.device)
         self.test_ids = corpus.test.to(self.device)  # [words]
         self.steps_per_epoch = num_batches(self.train_data.shape[1], config.num_steps, batch_size=config.batch_size)
+        num_batches(self.valid_data.shape[1], config.num_steps, batch_size=config.batch_size)  # valid fills a step too
         self.parameters = self.model.trainable_parameters()
         self.optimizer = torch.optim.SGD(self.parameters, lr=config.learning_rate, momentum=config.momentum)
         self.schedule = make_schedule(config)
@@ -324,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         raise UsageError(f"--threads {args.threads}: must be at least 1")
     set_threads(args.threads)
+    for flag, path in (("--save", args.save), ("--table", args.table)):
+        if path:
+            check_output_file(path, flag)
     saved, saved_identity = read_state(args.resume) if args.resume else (None, None)
     if saved is not None:
         overrides = overrides_from_args(args)
@@ -336,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu or auto")
     corpus = load_corpus(args.data_dir)
+    if corpus.dropped_note():
+        print(corpus.dropped_note())
     identity = run_identity(config, corpus.sha256)
     if saved is not None:  # the configuration is the saved one: what can differ is the corpus
         check_identity(saved_identity, identity, str(args.resume))
