@@ -73,6 +73,7 @@ class TrialState:
     error_file: str | None  # the text error file Ray names (error.txt), None when it names none
     last_result: dict[str, Any]
     problem: str | None = None  # why the trial's entry cannot be read (status UNREADABLE)
+    num_failures: int = 0  # times its worker failed (Ray retried it after each, up to max_failures)
 
 
 def filesystem_and_path(target: str) -> tuple[pafs.FileSystem, str]:
@@ -174,6 +175,7 @@ def _trial(location: Location, entry: Any, index: int, state_name: str) -> Trial
         folder=folder,
         error_file=_error_file(meta.get("error_filename")),
         last_result=last_result if isinstance(last_result, dict) else {},
+        num_failures=meta["num_failures"] if isinstance(meta.get("num_failures"), int) else 0,
     )
 
 

@@ -15,15 +15,10 @@ import pandas as pd
 
 from study import metrics as m
 from study.comparison import SEED, STATUSES, UNFINISHED, Pivot
-from study.report import (
-    COMPARISON,
-    EPOCHS,
-    STUDY_FILE,
-    TRIALS,
-    Experiment,
-    space_description,
-    split_location,
-)
+from study.collect import STUDY_FILE, Experiment
+from study.experiment_reader import split_location
+from study.provenance import space_description
+from study.tables import COMPARISON, EPOCHS, TRIALS
 
 
 def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictures: dict[str, str]) -> str:
@@ -124,11 +119,18 @@ def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experimen
     storage, space = split_location(experiment.location.given)
     space = experiment.study.get("space") or space
     running, pending = (int((trials["status"] == s).sum()) for s in UNFINISHED)
+    errored = int((trials["status"] == "error").sum())
+    # The sweep's own resume command (study.json): the space as given, its storage and data folder.
+    again = experiment.study.get("resume_command") or f"python -m study.sweep {space} --storage {storage} --resume"
     if running or pending:
         notes.append(
             f"**Partial experiment**: {running} trial(s) started but not finished, {pending} not started; "
-            f"they are left out of every statistic. Continue it with `python -m study.sweep {space} --storage {storage} "
-            "--resume`, which refreshes this report."
+            f"they are left out of every statistic. Continue it with `{again}`, which refreshes this report."
+        )
+    if errored:
+        notes.append(
+            f"**{errored} trial(s) ended in error** after their retries (see Errors below); once the cause is "
+            f"fixed, `{again}` retries them from their last checkpoints."
         )
     if comparison["n_valid"].max() < 2 and comparison["n_trials"].max() >= 2:
         notes.append(

@@ -38,12 +38,14 @@ from study.prefix import SharingPlan, epochs_saved
 from study.prefix_search import PrefixSearch
 from study.progress import SweepProgress, quiet_ray, start_board
 from study.redact import redact
-from study.report import child_location, code_versions, filesystem_and_path, git_state, write_report
+from study.collect import STUDY_FILE
+from study.experiment_reader import child_location, filesystem_and_path
+from study.provenance import code_versions, git_state
+from study.report import write_report
 from study.spaces import Space, load_space, trial_config
 from study.trainable import train_trial, trial_threads
 from study.train import available_cpus
 
-STUDY_FILE = "study.json"  # what the report needs to know about the study, beside Ray's state
 
 
 @dataclass(frozen=True)

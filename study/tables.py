@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 METADATA_KEY = b"study.provenance"
+# The report's files in an experiment folder (study.report).
+TRIALS, EPOCHS, COMPARISON, SUMMARY = "trials.parquet", "epochs.parquet", "comparison.parquet", "summary.md"
 
 
 def write_table(frame: pd.DataFrame, path: str | Path, provenance: dict[str, Any] | None = None) -> Path:
@@ -25,8 +27,9 @@ def write_table(frame: pd.DataFrame, path: str | Path, provenance: dict[str, Any
     if provenance is not None:
         metadata = {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(provenance, default=str).encode()}
         table = table.replace_schema_metadata(metadata)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    # A fresh name that pyarrow creates, so the file gets the process's umask like every other
+    # file study writes (mkstemp would make it 0600: unreadable to a teammate on shared storage).
+    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         pq.write_table(table, temporary)
         os.replace(temporary, path)

@@ -126,7 +126,9 @@ def test_a_sweep_whose_every_trial_failed_says_so_and_exits_1(ray_session, tiny_
     assert closing.startswith("2 trials, 2 errored after their retries:")
     assert "retry them from their last checkpoints: python -m study.sweep … --resume" in closing
     trials = pd.read_parquet(Path(options.experiment) / "trials.parquet")
-    assert set(trials["status"]) == {"error"}
+    assert set(trials["status"]) == {"error"} and trials["num_failures"].tolist() == [1, 1]
+    summary = (Path(options.experiment) / "summary.md").read_text()
+    assert "2 trial(s) ended in error" in summary and "`python -m study.sweep … --resume` retries them" in summary
 
 
 @pytest.mark.slow

@@ -9,8 +9,10 @@ Two experiments are built once per session on the local Ray of `ray_session`:
 
 import json
 import math
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +25,11 @@ import pytest
 from ray import cloudpickle, tune
 
 from study import metrics as m
+from study import collect as collect_module
 from study import comparison, plots, report, tables
+from study.collect import collect
 from study.comparison import compare, pivot
-from study.report import collect, main, write_report
+from study.report import main, write_report
 
 EPOCHS = 4
 SPACE_TEXT = """description: >-
@@ -192,7 +196,7 @@ def test_interval_is_student_t_and_empty_below_two():
 
 @pytest.mark.slow
 def test_pivot_puts_max_grad_norm_down_and_labels_inf_none(experiments, reported):
-    experiment = report.load_experiment(experiments["grid"])
+    experiment = collect_module.load_experiment(experiments["grid"])
     grid = pivot(compare(experiment.trials, experiment.factors), experiment.factors)
     table = grid.grid("best_valid_ppl_mean")
     assert (grid.row_title, grid.column_title) == ("max_grad_norm", "lr_decay")
@@ -205,7 +209,7 @@ def test_pivot_puts_max_grad_norm_down_and_labels_inf_none(experiments, reported
 
 @pytest.mark.slow
 def test_cases_space_gets_one_row_per_case(experiments):
-    experiment = report.load_experiment(experiments["cases"])
+    experiment = collect_module.load_experiment(experiments["cases"])
     assert [(f.name, f.keys, f.is_case) for f in experiment.factors] == [("clip", ("clip_mode", "max_grad_norm"), True)]
     grid = pivot(compare(experiment.trials, experiment.factors), experiment.factors)
     table = grid.grid("best_valid_ppl_mean")
@@ -379,18 +383,43 @@ def test_a_failed_refresh_leaves_the_previous_report_whole(experiments, tmp_path
         write_report(str(folder), quiet=True)
     monkeypatch.setattr(tables.pq, "write_table", real_write)
 
+    for name, data in before.items():  # a table that cannot be written: the previous report, whole
+        assert (folder / name).read_bytes() == data
+
     def failing_plot(figure, path):
         raise RuntimeError("renderer crashed")
 
     monkeypatch.setattr(plots, "save", failing_plot)
-    with pytest.raises(RuntimeError, match="renderer crashed"):
+    (folder / "trials.parquet").unlink()  # so that the new tables are seen to arrive
+    with pytest.raises(report.ReportFailed, match="the plots and summary failed .RuntimeError: renderer crashed.; the tables were written"):
         write_report(str(folder), quiet=True)
-
-    for name, data in before.items():
-        assert (folder / name).read_bytes() == data
-    assert len(pd.read_parquet(paths.epochs)) == 9
+    # The tables are published; the old summary and plots, which would describe other tables, are gone.
+    assert len(pd.read_parquet(folder / "trials.parquet")) == len(pd.read_parquet(paths.trials))
+    assert "plots and summary failed (RuntimeError: renderer crashed)" in (folder / "summary.md").read_text()
+    assert not any((folder / name).exists() for name in plots.FILES.values())
     leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != ".validate_storage_marker"]
     assert leftovers == []
+    done = subprocess.run([sys.executable, "-m", "study.report", str(folder)], capture_output=True, text=True)
+    assert done.returncode == 0  # the next report, with working plots, puts everything back
+
+
+def test_staging_left_by_a_killed_report_is_removed_and_files_keep_the_umask(experiments, tmp_path):
+    folder = copy_experiment(experiments["cases"], tmp_path)
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()  # a process id that no longer runs
+    leftover = folder / f".report-{socket.gethostname()}-{killed.pid}-abc123"
+    leftover.mkdir()
+    (leftover / "trials.parquet").write_bytes(b"half")
+    mine = folder / f".report-{socket.gethostname()}-{os.getpid()}-def456"  # a report still running
+    mine.mkdir()
+    old = os.umask(0o022)
+    try:
+        write_report(str(folder), quiet=True)
+    finally:
+        os.umask(old)
+    assert not leftover.exists() and mine.exists()
+    for name in ("trials.parquet", "epochs.parquet", "comparison.parquet", "summary.md", plots.FILES["heatmap"]):
+        assert (folder / name).stat().st_mode & 0o777 == 0o644, name
 
 
 def test_write_table_failure_keeps_the_previous_table(tmp_path, monkeypatch):

@@ -120,6 +120,8 @@ def test_killed_worker_recovers_from_its_checkpoint_with_the_same_result(ray_ses
     assert killer.killed
     (calm_trials, calm_epochs), (hit_trials, hit_epochs) = tables(calm.experiment), tables(hit.experiment)
     assert hit_trials["status"].tolist() == ["completed"]
+    assert hit_trials["num_failures"].tolist() == [1] and calm_trials["num_failures"].tolist() == [0]
+    assert hit_trials["node_ids"].iloc[0] == hit_epochs["node_id"].iloc[0] and len(hit_trials["node_ids"].iloc[0]) == 56
     assert hit_epochs[m.EPOCH].tolist() == [1, 2, 3, 4]
     assert hit_trials["test_ppl"].iloc[0] == pytest.approx(calm_trials["test_ppl"].iloc[0], abs=1e-6)
     assert hit_epochs[m.VALID_PPL].tolist() == pytest.approx(calm_epochs[m.VALID_PPL].tolist(), abs=1e-6)
