@@ -41,7 +41,7 @@ from study.redact import redact
 from study.collect import STUDY_FILE
 from study.experiment_reader import child_location, filesystem_and_path
 from study.provenance import code_versions, git_state
-from study.report import write_report
+from study.report import ReportFailed, write_report
 from study.spaces import Space, load_space, trial_config
 from study.trainable import train_trial, trial_threads
 from study.train import available_cpus
@@ -252,7 +252,11 @@ def run_sweep(
     if not options.resume:
         write_study_file(options, corpus, resume_with)
     results = build_tuner(options, corpus, callbacks).fit()
-    write_report(options.experiment)
+    try:
+        write_report(options.experiment)
+    except ReportFailed as error:  # the tables are written; the sweep still ends non-zero
+        print(f"error: {redact(str(error))}", file=sys.stderr)
+        results.report_failure = str(error)
     return results
 
 
@@ -356,8 +360,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def exit_code(results: tune.ResultGrid) -> int:
-    """1 when a trial ended in error after its retries, or no trial finished an epoch; else 0."""
-    return 1 if any(result.error for result in results) or not any(result.metrics for result in results) else 0
+    """1 when a trial ended in error after its retries, no trial finished an epoch, or the report's
+    plots or summary failed; else 0."""
+    failed = any(result.error for result in results) or getattr(results, "report_failure", None)
+    return 1 if failed or not any(result.metrics for result in results) else 0
 
 
 RESUMED_FLAGS = ("epochs", "seeds", "num_samples")  # fixed when a sweep starts: its trials and ASHA's rungs
