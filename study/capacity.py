@@ -12,6 +12,7 @@ an address nothing answers on within seconds, where `ray.init` would retry for m
 from __future__ import annotations
 
 import math
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,23 @@ def check_capacity(cpus_per_trial: float, gpus_per_trial: float, nodes: list[Nod
     if can_grow:
         return f"WARNING: {line}; the cluster's autoscaler may add a node that can, so the trials wait for it"
     raise UsageError(line)
+
+
+JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the environment of a `ray job submit` driver
+
+
+def check_shared_storage(storage_given: bool, nodes: list[Node]) -> None:
+    """A sweep on more than one node, or run as a Ray job, must name its --storage: the default
+    `results/` would be a folder on the head alone (for a job, inside Ray's temporary copy of the
+    working dir, gone with it), where the other nodes' trials cannot write and no one looks."""
+    if storage_given:
+        return
+    where = f"a cluster of {len(nodes)} nodes" if len(nodes) > 1 else "a Ray job" if os.environ.get(JOB_ENV) else None
+    if where:
+        raise UsageError(
+            f"--storage: a sweep on {where} needs one that every node and you can reach, e.g. --storage /mnt/shared/results "
+            "or s3://bucket/results; the default results/ would be a folder on the head alone"
+        )
 
 
 def check_resource_flag(flag: str, value: float | None, positive: bool) -> None:

@@ -29,7 +29,9 @@ import ray
 from ray import tune
 
 from study import metrics as m
-from study.capacity import Node, autoscaling, check_address, check_capacity, check_resource_flag, live_nodes, trials_at_once
+from study.capacity import (
+    Node, autoscaling, check_address, check_capacity, check_resource_flag, check_shared_storage, live_nodes, trials_at_once,
+)
 from study.data import DATA_ENV, Corpus, load_corpus
 from study.errors import UsageError, main_with_errors
 from study.outputs import check_output_folder
@@ -264,8 +266,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m study.sweep", allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("space", help="a study in search_spaces/ (grad_clip, clip_modes, lr_schedules, smoke) or a YAML path")
     parser.add_argument("--data-dir", help=f"folder with ptb.{{train,valid,test}}.txt (else ${DATA_ENV}, the cache, a download)")
-    parser.add_argument("--storage", default="results", help="where results go: a folder or a URI every node reaches (default results/)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS as set by ray job submit, else a local Ray)")
+    parser.add_argument(
+        "--storage", help="where results go: a folder or a URI every node reaches (default results/; required on a cluster or as a Ray job)",
+    )
+    parser.add_argument(
+        "--address", default=None,
+        help="Ray cluster address (default: $RAY_ADDRESS as set by ray job submit, else a private local Ray, never another one running here)",
+    )
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial, fractions allowed (default: the space's)")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: the space's)")
     parser.add_argument("--num-samples", type=int, help="repeats of the grid / samples drawn (default: the space's)")
@@ -289,7 +296,7 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
     return SweepOptions(
         space=space,
         epochs=space.base_config().epochs,
-        storage=storage_uri(args.storage),
+        storage=storage_uri(args.storage or "results"),
         cpus_per_trial=args.cpus_per_trial if args.cpus_per_trial is not None else space.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial if args.gpus_per_trial is not None else space.gpus_per_trial,
         num_samples=args.num_samples or space.num_samples,
@@ -330,11 +337,15 @@ def main(argv: list[str] | None = None) -> int:
     if corpus.dropped_note():
         print(corpus.dropped_note())
     timing = plan_timing(options, corpus)  # before Ray starts, so that nothing else runs meanwhile
+    # Without an address, a private Ray of this process ("local"): ray.init() alone would join any
+    # Ray already running on the machine. Ray 2.60 binds its servers to every interface (it turns a
+    # loopback node address into the host's), and guards them with its token (~/.ray/auth_token).
     ray.init(
-        address=address, log_to_driver=False, include_dashboard=False if address is None else None,
+        address=address or "local", log_to_driver=False, include_dashboard=False if address is None else None,
         logging_level=logging.INFO if args.verbose else logging.WARNING,
     )
     nodes = live_nodes()
+    check_shared_storage(args.storage is not None, nodes)
     capacity_warning = check_capacity(options.cpus_per_trial, options.gpus_per_trial, nodes, autoscaling())
     print(redact(plan(options, nodes, timing, saved_by_sharing(options))), flush=True)
     if capacity_warning:

@@ -12,6 +12,7 @@ reports the prefix's epochs again, marked `shared_prefix`, and trains on from th
 from __future__ import annotations
 
 import math
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ def train_trial(config: dict[str, Any], corpus: Corpus, preset: str = "small", s
     set_threads(trial_threads(resources))
     # Ray hides every GPU but the ones it assigned to this trial, so "cuda" is the trial's own GPU.
     device = torch.device("cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu")
+    if resources.get("GPU", 0) > 0 and device.type == "cpu":  # Ray's GPUs are logical: one may be declared, not there
+        print(f"trial given {resources['GPU']:g} GPU, but torch sees no CUDA device: training on the CPU", file=sys.stderr)
     # Progress inside each epoch goes to the driver's live view (study/progress.py), if it has one.
     trainer = Trainer(run, corpus, device, progress=progress_sender(tune.get_context().get_trial_id()))
     identity = run_identity(run, corpus.sha256)
@@ -67,7 +70,7 @@ def train_trial(config: dict[str, Any], corpus: Corpus, preset: str = "small", s
     for result in trainer.epochs():
         # node_id: which machine of a cluster trained the trial (Ray's node_ip is shared by
         # nodes on one host).
-        result = {**result, "node_id": ray.get_runtime_context().get_node_id(), m.SHARED_PREFIX: False}
+        result = {**result, "node_id": ray.get_runtime_context().get_node_id(), "device": device.type, m.SHARED_PREFIX: False}
         extra = shared.after_epoch(trainer, result) if shared else {}  # stores the prefix after its last epoch
         with tempfile.TemporaryDirectory() as folder:
             save_state(Path(folder) / STATE_FILE, {**trainer.state_dict(), **extra}, identity)

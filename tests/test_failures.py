@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 from ray import tune
 
-from study import metrics as m
 from study.capacity import Node, check_capacity, trials_at_once
 from study.data import load_corpus
 from study.errors import UsageError

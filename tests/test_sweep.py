@@ -1,5 +1,5 @@
 """Real sweeps on a local Ray: the smoke study end to end, divergence, a killed worker, an
-interrupted and resumed sweep, and a two-node cluster."""
+interrupted and resumed sweep (the multi-node cluster: tests/test_cluster.py)."""
 
 import math
 import os
@@ -193,24 +193,3 @@ def test_a_second_run_into_the_same_results_is_refused(tmp_path):
 def test_bad_sweep_arguments_are_one_line(args, named, tmp_path):
     done = subprocess.run([sys.executable, "-m", "study.sweep", *args, "--storage", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 2 and named in done.stderr and done.stderr.count("\n") == 1
-
-
-def test_two_node_cluster_runs_trials_on_both_nodes(tiny_corpus_dir, tmp_path):
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        space = write_space(tmp_path, "cluster", "  max_grad_norm: {grid: [0.5, 1, 2, 5]}", epochs=2, grace=2)
-        done = run_cli([str(space), "--storage", str(tmp_path / "shared"), "--data-dir", str(tiny_corpus_dir), "--address", cluster.address])
-        output = finish(done)
-        assert done.returncode == 0, output[-3000:]
-    finally:
-        cluster.shutdown()
-    trials, epochs = tables(str(tmp_path / "shared" / "cluster"))
-    assert len(trials) == 4 and (trials["status"] == "completed").all()
-    assert len(epochs) == 8
-    analysis = tune.ExperimentAnalysis(str(tmp_path / "shared" / "cluster"))
-    nodes = {frame["node_id"].iloc[0] for frame in analysis.trial_dataframes.values()}
-    assert len(nodes) == 2
