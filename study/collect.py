@@ -23,7 +23,6 @@ from study import metrics as m
 from study.comparison import SEED, Factor
 from study.errors import UsageError
 from study.experiment_reader import (
-    EXPECTED,
     UNREADABLE,
     Location,
     TrialState,
@@ -74,11 +73,12 @@ def load_experiment(experiment_dir: str | os.PathLike, *, storage_filesystem: pa
         rows.append((trial, config, history))
         if trial.status in ("ERROR", UNREADABLE):
             errors[trial.trial_id] = error_line(location, trial)
-    if not rows:
-        raise UsageError(f"{location.given}: the experiment has no trials yet, {EXPECTED}")
 
     epochs_expected = study_info.get("epochs")
     trials = pd.DataFrame([_trial_row(trial, config, history, epochs_expected) for trial, config, history in rows])
+    if not rows:  # no trial yet: empty tables with the columns they will have
+        columns = ["trial_id", "status", *(key for key in study_info.get("varied") or [] if key != SEED), *RESULTS]
+        trials = pd.DataFrame({column: pd.Series(dtype=str if column in ("trial_id", "status", "node_ids") else float) for column in columns})
     if epochs_expected is None and "epochs" not in trials:  # no epoch count known: the longest run is "all"
         shorter = (trials["status"] == "completed") & (trials["epochs_run"] < trials["epochs_run"].max())
         trials.loc[shorter, "status"] = "stopped_early"

@@ -14,12 +14,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from scipy import stats
+
+from study.anova import SeedNoise, seed_noise
 
 STATUSES = ("completed", "stopped_early", "diverged", "error", "running", "pending")
 UNFINISHED = ("running", "pending")
 RANKED = ("completed", "stopped_early")  # the trials whose perplexity enters a setting's statistics
 SEED = "seed"
+DRAWN = ("uniform", "loguniform", "randint")  # study.spaces' domains drawn from a range
 
 # A setting that means something only under some modes: left out of a case's label otherwise,
 # so that "none" is not shown as "none (max_grad_norm=5)".
@@ -36,8 +40,6 @@ _MODE_KEYS = ("clip_mode", "lr_schedule")
 
 
 @dataclass(frozen=True)
-
-
 class Factor:
     """One axis of the comparison: a varied setting, or a `cases` group whose keys vary together."""
 
@@ -62,6 +64,15 @@ def setting_keys(factors: list[Factor]) -> list[str]:
     return [key for factor in factors for key in factor.keys]
 
 
+def sampled_keys(study: dict[str, Any]) -> set[str]:
+    """The settings the space draws per trial from a range (uniform, loguniform, randint), read from
+    study.json's space text: their values do not repeat, so seeds cannot give them intervals."""
+    try:
+        vary = (yaml.safe_load(study.get("space_text") or "") or {}).get("vary") or {}
+    except (yaml.YAMLError, AttributeError):
+        return set()
+    return {key for key, spec in vary.items() if isinstance(spec, dict) and set(spec) & set(DRAWN)}
+
 
 def factor_label(factor: Factor, row: pd.Series | dict[str, Any], bare: bool = True) -> str:
     """How one axis value is printed: '5', 'none' (inf); a case as 'value (max_grad_norm=1.7)'.
@@ -83,10 +94,8 @@ def factor_label(factor: Factor, row: pd.Series | dict[str, Any], bare: bool = T
     return ", ".join(rest) or "(default)"
 
 
-
 def setting_label(factors: list[Factor], row: pd.Series | dict[str, Any]) -> str:
     return ", ".join(factor_label(f, row, bare=False) for f in factors) or "all trials"
-
 
 
 def interval(values: pd.Series) -> tuple[int, float, float, float, float]:
@@ -102,7 +111,6 @@ def interval(values: pd.Series) -> tuple[int, float, float, float, float]:
     std = float(values.std(ddof=1))
     half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
     return n, mean, std, mean - half, mean + half
-
 
 
 def compare(trials: pd.DataFrame, factors: list[Factor]) -> pd.DataFrame:
@@ -127,9 +135,40 @@ def compare(trials: pd.DataFrame, factors: list[Factor]) -> pd.DataFrame:
             row[f"n_{status}"] = int((group["status"] == status).sum())
         row["n_unfinished"] = int(group["status"].isin(UNFINISHED).sum())
         rows.append(row)
-    table = pd.DataFrame(rows)
+    statistics = [
+        f"{part}" for name, count in (("best_valid_ppl", "n_valid"), ("test_ppl", "n_test"))
+        for part in (count, f"{name}_mean", f"{name}_std", f"{name}_ci95_low", f"{name}_ci95_high")
+    ]
+    counts = [f"n_{status}" for status in ("completed", "stopped_early", "diverged", "error", "unfinished")]
+    columns = [*keys, "setting", "n_trials", "n_seeds", *statistics, "epochs_run_mean", *counts]
+    table = pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame({c: pd.Series(dtype=float) for c in columns})
+    for name, subset in (("best_valid_ppl", trials[trials["status"].isin(RANKED)]), ("test_ppl", trials[trials["status"] == "completed"])):
+        table = _pooled_intervals(table, name, subset, keys)
     return _sort(table, factors)
 
+
+def noise_of(trials: pd.DataFrame, keys: list[str], name: str) -> SeedNoise | None:
+    """The seed noise of `name` across the settings (the `keys`) of `trials` (study.anova)."""
+    groups = trials[keys].astype(str).agg("|".join, axis=1) if keys else pd.Series("all", index=trials.index)
+    return seed_noise(trials[name], groups)
+
+
+def _pooled_intervals(table: pd.DataFrame, name: str, trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Each setting's 95% interval of `name` from the pooled seed noise when the settings share it
+    (t with the pooled degrees of freedom), else the per-setting t interval; `<name>_ci_method` says which."""
+    count = "n_valid" if name == "best_valid_ppl" else "n_test"
+    noise = noise_of(trials, keys, name) if len(trials) else None
+    methods = []
+    for i, row in table.iterrows():
+        n = row[count]
+        if noise is not None and noise.shared and n >= 1:
+            half = float(stats.t.ppf(0.975, noise.df)) * noise.sd / math.sqrt(n)
+            table.loc[i, [f"{name}_ci95_low", f"{name}_ci95_high"]] = row[f"{name}_mean"] - half, row[f"{name}_mean"] + half
+            methods.append(f"pooled t, {noise.df} df")
+        else:
+            methods.append(f"per-setting t, {n - 1} df" if n >= 2 else "none")
+    table[f"{name}_ci_method"] = methods
+    return table
 
 
 def _ranks(frame: pd.DataFrame, factor: Factor) -> pd.Series:
@@ -142,7 +181,6 @@ def _ranks(frame: pd.DataFrame, factor: Factor) -> pd.Series:
     return labels.map(first).astype(float)
 
 
-
 def _sort(frame: pd.DataFrame, factors: list[Factor]) -> pd.DataFrame:
     """`frame` ordered by the factors in turn (the first the slowest)."""
     if not factors or frame.empty:
@@ -152,10 +190,7 @@ def _sort(frame: pd.DataFrame, factors: list[Factor]) -> pd.DataFrame:
     return frame.loc[order].reset_index(drop=True)
 
 
-
 @dataclass(frozen=True)
-
-
 class Pivot:
     """The comparison laid out as a grid: one factor down, the others across."""
 
@@ -172,7 +207,6 @@ class Pivot:
     def column_order(self) -> list[str]:
         ordered = _sort(self.frame, self.columns) if self.columns else self.frame
         return list(dict.fromkeys(ordered["_col"]))
-
 
 
 def pivot(comparison: pd.DataFrame, factors: list[Factor]) -> Pivot:

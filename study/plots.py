@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,11 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from study import metrics as m
+from study.axes import colours, epoch_axis, log_y, no_data, numeric_axis, place_ticks, value_colours
 
 DPI = 110
 FILES = {
@@ -54,6 +55,7 @@ class PlotData:
     # The comparison with "x" (a number, or a row label), "_row" and "_col" labels and test_ppl_*.
     test: pd.DataFrame
     colour_numeric: bool
+    sampled: bool = False  # the colour setting was drawn per trial (uniform, loguniform, randint): points, no lines
 
 
 def write_all(folder: Path, data: PlotData) -> dict[str, str]:
@@ -83,9 +85,13 @@ def heatmap(data: PlotData) -> Figure:
     axes = figure.add_subplot()
     values = np.ma.masked_invalid(mean.to_numpy())
     cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="#d9d9d9")
-    image = axes.imshow(values, cmap=cmap, aspect="auto")
-    figure.colorbar(image, ax=axes, label="mean best validation perplexity")
-    norm = image.norm
+    if values.size:
+        image = axes.imshow(values, cmap=cmap, aspect="auto")
+        norm = image.norm
+    if values.count():  # a colour scale only for values there are (none: no -0.1..0.1 bar)
+        figure.colorbar(image, ax=axes, label="mean best validation perplexity")
+    else:
+        no_data(axes, "validation perplexity")
     for i in range(rows):
         for j in range(cols):
             trials = data.grid_trials.iat[i, j]
@@ -103,24 +109,32 @@ def heatmap(data: PlotData) -> Figure:
                     lines.append(f"{diverged}/{int(trials)} diverged")
             dark = not math.isnan(value) and norm(value) > 0.6  # viridis_r is dark at the top of its range
             axes.text(j, i, "\n".join(lines), ha="center", va="center", fontsize=8.5, color="white" if dark else "black")
-    axes.set_xticks(range(cols), [str(c) for c in mean.columns], rotation=20 if cols > 4 else 0)
+    place_ticks(axes, {str(c): j for j, c in enumerate(mean.columns)}, rotate=True)
     axes.set_yticks(range(rows), [str(r) for r in mean.index])
     axes.set_xlabel(data.column_title or "")
     axes.set_ylabel(data.row_title)
-    axes.set_title(f"{data.study}: mean best validation perplexity\n± half-width of the 95% interval over seeds (lower is better)", fontsize=10)
+    subtitle = _interval_words(data.test, "best_valid_ppl", "± half of the ") + (" (lower is better)" if values.count() else "")
+    wrapped = textwrap.fill(subtitle, int(figure.get_figwidth() * 11))  # ~11 characters an inch at 10 pt
+    axes.set_title(f"{data.study}: mean best validation perplexity\n{wrapped}", fontsize=10)
     return figure
 
 
-def _colours(order: list[str], numeric: bool) -> dict[str, tuple]:
-    if numeric:
-        palette = matplotlib.colormaps["viridis"](np.linspace(0, 0.85, max(len(order), 1)))
-    else:
-        palette = [matplotlib.colormaps["tab10"](i % 10) for i in range(len(order))]
-    return {label: tuple(colour) for label, colour in zip(order, palette)}
+def _interval_words(table: pd.DataFrame, name: str, lead: str) -> str:
+    """What the plot's intervals are (after `lead`), from comparison.parquet's `<name>_ci_method`."""
+    shown = table.loc[table[f"n_{'valid' if name == 'best_valid_ppl' else 'test'}"] > 0, f"{name}_ci_method"].astype(str)
+    pooled, own = shown.str.startswith("pooled").any(), shown.str.startswith("per-setting").any()
+    if pooled:
+        return f"{lead}95% interval, from the seed noise pooled over the settings"
+    if own:
+        return f"{lead}each setting's 95% Student-t interval over its seeds" + ("; none for one trial" if shown.eq("none").any() else "")
+    return "no intervals: one trial or none per setting" if len(shown) else "no results yet"
 
 
-def _no_data(axes, what: str) -> None:
-    axes.text(0.5, 0.5, f"no {what} yet", ha="center", va="center", transform=axes.transAxes, color="grey")
+def _palette(data: PlotData):
+    """Colour per colour label, and the colour bar's scale for sampled values (None: a legend)."""
+    if data.sampled:
+        return value_colours(data.colour_order)
+    return colours(data.colour_order, data.colour_numeric), None
 
 
 def valid_curves(data: PlotData) -> Figure:
@@ -129,22 +143,24 @@ def valid_curves(data: PlotData) -> Figure:
     rows = math.ceil(len(panels) / columns)
     figure = Figure(figsize=(max(6.5, 4.2 * columns + 0.8), 3.4 * rows + 1.3), layout="constrained")
     grid = figure.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
-    colours = _colours(data.colour_order, data.colour_numeric)
+    palette, scale = _palette(data)
     epochs = data.epochs
+    logs = [False] * len(panels)
     for index, panel in enumerate(panels):
         axes = grid.flat[index]
         shown = epochs[epochs["panel"] == panel]
         for _, trial in shown.groupby("trial_id", sort=False):
             finite = trial[np.isfinite(trial[m.VALID_PPL].astype(float))]
-            colour = colours.get(trial["colour"].iloc[0], "grey")
+            colour = palette.get(trial["colour"].iloc[0], "grey")
             axes.plot(finite[m.EPOCH], finite[m.VALID_PPL], color=colour, alpha=0.8, linewidth=1.2, marker=".", markersize=3)
             if trial[m.DIVERGED].any() and len(finite):
                 axes.plot(finite[m.EPOCH].iloc[-1], finite[m.VALID_PPL].iloc[-1], "x", color=colour, markersize=9, markeredgewidth=2)
-        if shown.empty or not np.isfinite(shown[m.VALID_PPL].astype(float)).any():
-            _no_data(axes, "validation results")
-        else:
-            _log_y(axes, shown[m.VALID_PPL])
-        _epoch_axis(axes, epochs[m.EPOCH])
+            elif (trial.get("status") == "stopped_early").any() and len(finite):
+                axes.plot(finite[m.EPOCH].iloc[-1], finite[m.VALID_PPL].iloc[-1], "s", color=colour, markersize=6, markerfacecolor="none")
+        logs[index] = log_y(axes, shown[m.VALID_PPL])
+        if not logs[index]:
+            no_data(axes, "validation results")
+        epoch_axis(axes, epochs[m.EPOCH])
         if panel:
             axes.set_title(f"{data.panel_title} = {panel}" if "=" not in panel else panel, fontsize=10)
         axes.grid(True, which="both", alpha=0.3)
@@ -153,13 +169,19 @@ def valid_curves(data: PlotData) -> Figure:
     for axes in grid[-1]:
         axes.set_xlabel("epoch")
     for axes in grid[:, 0]:
-        axes.set_ylabel("validation perplexity (log)")
-    handles = [Line2D([], [], color=colours[label], label=label) for label in data.colour_order]
-    handles.append(Line2D([], [], color="black", marker="x", linestyle="none", label="diverged (last finite value)"))
-    longest = max(len(h.get_label()) for h in handles)
+        axes.set_ylabel("validation perplexity" + (" (log)" if any(logs) else ""))
+    handles = [Line2D([], [], color=palette[label], label=label) for label in data.colour_order] if scale is None else []
+    if scale is not None:  # sampled values: a colour bar, not a legend entry per trial
+        figure.colorbar(scale, ax=grid.ravel().tolist(), label=f"{data.colour_title} (sampled)")
+    if epochs[m.DIVERGED].astype(bool).any():
+        handles.append(Line2D([], [], color="black", marker="x", linestyle="none", label="diverged (last finite value)"))
+    if (epochs.get("status", pd.Series(dtype=str)) == "stopped_early").any():
+        handles.append(Line2D([], [], color="black", marker="s", markerfacecolor="none", linestyle="none", label="stopped by ASHA"))
+    longest = max((len(h.get_label()) for h in handles), default=1)
     fits = int(figure.get_figwidth() * 13 // (longest + 6))  # legend entries in a row: ~13 characters an inch
-    figure.legend(handles=handles, title=data.colour_title or None, loc="outside lower center", fontsize=8,
-                  ncols=max(1, min(len(handles), fits)), title_fontsize=9)
+    if handles:
+        figure.legend(handles=handles, title=(data.colour_title or None) if scale is None else None, loc="outside lower center", fontsize=8,
+                      ncols=max(1, min(len(handles), fits)), title_fontsize=9)
     figure.suptitle(f"{data.study}: validation perplexity by epoch, one line per trial")
     return figure
 
@@ -167,7 +189,7 @@ def valid_curves(data: PlotData) -> Figure:
 def grad_norms(data: PlotData) -> Figure:
     figure = Figure(figsize=(11.5, 4.2), layout="constrained")
     norms, clipped = figure.subplots(1, 2)
-    colours = _colours(data.colour_order, data.colour_numeric)
+    palette, scale = _palette(data)
     epochs = data.epochs
     means = epochs.groupby(["colour", m.EPOCH], sort=False)[[m.GRAD_NORM_P50, m.GRAD_NORM_P90, m.CLIP_FRACTION]].mean()
     drawn = False
@@ -175,7 +197,7 @@ def grad_norms(data: PlotData) -> Figure:
         if label not in means.index.get_level_values(0):
             continue
         series = means.loc[label].sort_index()
-        colour = colours[label]
+        colour = palette[label]
         if series[m.GRAD_NORM_P50].notna().any():
             norms.plot(series.index, series[m.GRAD_NORM_P50], color=colour, linewidth=1.6, marker=".")
             norms.plot(series.index, series[m.GRAD_NORM_P90], color=colour, linewidth=1.2, linestyle="--", marker=".")
@@ -183,14 +205,13 @@ def grad_norms(data: PlotData) -> Figure:
         if label in data.thresholds:
             norms.axhline(data.thresholds[label], color=colour, linestyle=":", linewidth=1)
         clipped.plot(series.index, 100 * series[m.CLIP_FRACTION], color=colour, linewidth=1.6, marker=".", label=label)
-    if drawn:
-        _log_y(norms, pd.concat([means[m.GRAD_NORM_P50], means[m.GRAD_NORM_P90], pd.Series(list(data.thresholds.values()))]))
-    else:
-        _no_data(norms, "gradient norms")
+    log = drawn and log_y(norms, pd.concat([means[m.GRAD_NORM_P50], means[m.GRAD_NORM_P90], pd.Series(list(data.thresholds.values()))]))
+    if not drawn:
+        no_data(norms, "gradient norms")
     for axes in (norms, clipped):
-        _epoch_axis(axes, data.epochs[m.EPOCH])
+        epoch_axis(axes, data.epochs[m.EPOCH])
     norms.set_xlabel("epoch")
-    norms.set_ylabel("global gradient L2 norm before clipping (log)")
+    norms.set_ylabel("global gradient L2 norm before clipping" + (" (log)" if log else ""))
     norms.set_title("Gradient norm per step: median (solid), 90th percentile (dashed)" + (", threshold c (dotted)" if data.thresholds else ""), fontsize=9.5)
     norms.grid(True, which="both", alpha=0.3)
     clipped.set_xlabel("epoch")
@@ -198,10 +219,12 @@ def grad_norms(data: PlotData) -> Figure:
     clipped.set_ylim(-3, 103)
     clipped.set_title("Share of steps whose gradient was clipped", fontsize=9.5)
     clipped.grid(True, alpha=0.3)
-    if epochs[m.CLIP_FRACTION].notna().any():
+    if scale is not None:
+        figure.colorbar(scale, ax=[norms, clipped], label=f"{data.colour_title} (sampled)")
+    elif epochs[m.CLIP_FRACTION].notna().any():
         clipped.legend(title=data.colour_title or None, fontsize=8, loc="best")
     else:
-        _no_data(clipped, "clipping records")
+        no_data(clipped, "clipping records")
     figure.suptitle(f"{data.study}: gradients by epoch (mean over the trials of each setting)")
     return figure
 
@@ -211,87 +234,49 @@ def test_ppl(data: PlotData) -> Figure:
     axes = figure.add_subplot()
     table = data.test[data.test["n_test"] > 0]
     if table.empty:
-        _no_data(axes, "completed trials")
+        no_data(axes, "completed trials")
     lines = list(dict.fromkeys(data.test["_col"]))
-    colours = _colours(lines, numeric=False)
+    palette = colours(lines, numeric=False)
     if data.colour_numeric:
-        positions, ticks = _log_positions(data.test["x"].astype(float))
-        spread = 1.03  # neighbouring lines side by side, so that the bars do not hide each other
+        axis = numeric_axis(data.test["x"].astype(float))
         for i, line in enumerate(lines):
             part = table[table["_col"] == line].sort_values("x")
-            shift = spread ** (i - (len(lines) - 1) / 2)
-            x = np.array([positions[v] for v in part["x"].astype(float)]) * shift
-            _errorbars(axes, x, part, colours[line], line)
-        axes.set_xscale("log")
-        axes.set_xticks(list(ticks.values()), list(ticks.keys()))
-        axes.minorticks_off()
-        if positions:
-            axes.set_xlim(min(positions.values()) / 1.5, max(positions.values()) * 1.5)
-        if math.inf in positions:
-            finite = [p for v, p in positions.items() if math.isfinite(v)]
-            if finite:
-                axes.axvline(math.sqrt(max(finite) * positions[math.inf]), color="grey", linestyle=":", linewidth=1)
-        axes.set_xlabel(f"{data.colour_title} (log scale; none = no clipping)")
+            x = axis.offset(np.array([axis.positions[v] for v in part["x"].astype(float)]), i - (len(lines) - 1) / 2)
+            _errorbars(axes, x, part, palette[line], line, connect=not data.sampled)
+        axis.apply(axes)
+        if axis.edge() is not None:
+            axes.axvline(axis.edge(), color="grey", linestyle=":", linewidth=1)
+        notes = [{"log": "log scale", "symlog": "symmetric log scale", "linear": ""}[axis.scale]]
+        notes += ["one point per sampled trial"] if data.sampled else []
+        notes += ["none = no clipping"] if math.inf in axis.positions else []
+        shown = "; ".join(note for note in notes if note)
+        axes.set_xlabel(f"{data.colour_title}" + (f" ({shown})" if shown else ""))
+        _mark_stopped(axes, data.test, lambda row: axis.positions[float(row["x"])])
+        if not data.sampled:  # a tick per setting; sampled values keep the axis's own round ticks
+            place_ticks(axes, axis.ticks)
     else:
         labels = list(dict.fromkeys(data.test["x"]))
         for i, line in enumerate(lines):
             part = table[table["_col"] == line]
             x = np.array([labels.index(v) for v in part["x"]]) + 0.08 * (i - (len(lines) - 1) / 2)
-            _errorbars(axes, x, part, colours[line], line, connect=False)
-        axes.set_xticks(range(len(labels)), labels, rotation=15 if len(labels) > 3 else 0)
+            _errorbars(axes, x, part, palette[line], line, connect=False)
         axes.set_xlabel(data.row_title or "setting")
+        _mark_stopped(axes, data.test, lambda row: labels.index(row["x"]))
+        if labels:
+            axes.set_xlim(-0.5, len(labels) - 0.5)
+        place_ticks(axes, {str(label): i for i, label in enumerate(labels)}, rotate=True)
     axes.set_ylabel("test perplexity")
     axes.grid(True, alpha=0.3)
-    if len(lines) > 1 or lines != ["mean"]:
-        axes.legend(title=data.column_title or None, fontsize=8)
-    axes.set_title(f"{data.study}: test perplexity of completed trials\nmean over seeds with 95% interval (none shown for a single trial)", fontsize=10)
+    shown = [(h, label) for h, label in zip(*axes.get_legend_handles_labels()) if label != "mean"]  # "mean": the one line
+    if shown:
+        axes.legend(*zip(*shown), title=data.column_title or None, fontsize=8)
+    axes.set_title(f"{data.study}: test perplexity of completed trials\n{_interval_words(data.test, 'test_ppl', 'bars: ')}", fontsize=10)
     return figure
 
 
-def _epoch_axis(axes, epochs: pd.Series) -> None:
-    """Whole-epoch ticks; an experiment with one epoch so far still gets an axis from 0 to 2."""
-    axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    if epochs.nunique() == 1:
-        axes.set_xlim(epochs.iloc[0] - 1, epochs.iloc[0] + 1)
-
-
-def _log_y(axes, values: pd.Series) -> None:
-    """A log y axis with 4 to 9 plain-number ticks (120, 150, 200, 300), however narrow its range."""
-    values = values.astype(float)
-    values = values[np.isfinite(values) & (values > 0)]
-    axes.set_yscale("log")
-    if values.empty:
-        return
-    low, high = values.min(), values.max()
-    if high < 1.2 * low:  # one value, or nearly: give the axis a range that holds readable ticks
-        low, high = low / 1.1, high * 1.1
-        axes.set_ylim(low, high)
-    ticks = []
-    for steps in _TICK_STEPS:
-        ticks = [
-            step * 10.0 ** power
-            for power in range(math.floor(math.log10(low)), math.floor(math.log10(high)) + 1)
-            for step in steps
-            if low <= step * 10.0 ** power <= high
-        ]
-        if len(ticks) >= 4:
-            break
-    ticks = ticks[:: math.ceil(len(ticks) / 9)] if ticks else ticks
-    axes.yaxis.set_major_locator(ticker.FixedLocator(ticks))
-    axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    axes.yaxis.set_minor_formatter(ticker.NullFormatter())
-
-
-# Tick values per decade, coarse to fine: the first that puts 4 ticks in the range is used.
-_TICK_STEPS = (
-    (1,), (1, 2, 5), (1, 2, 3, 5, 7), (1, 1.5, 2, 3, 4, 5, 6, 8),
-    (1, 1.2, 1.4, 1.6, 1.8, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 9),
-    tuple(round(1 + 0.1 * i, 1) for i in range(90)),
-    tuple(round(1 + 0.02 * i, 2) for i in range(450)),
-)
-
-
 def _errorbars(axes, x: np.ndarray, part: pd.DataFrame, colour, label: str, connect: bool = True) -> None:
+    if part.empty:
+        return
     mean = part["test_ppl_mean"].to_numpy(float)
     low = part["test_ppl_ci95_low"].to_numpy(float)
     high = part["test_ppl_ci95_high"].to_numpy(float)
@@ -301,15 +286,10 @@ def _errorbars(axes, x: np.ndarray, part: pd.DataFrame, colour, label: str, conn
                   linestyle="-" if connect else "none", linewidth=1.3, label=label)
 
 
-def _log_positions(values: pd.Series) -> tuple[dict[float, float], dict[str, float]]:
-    """Where each x value goes on a log axis: itself, and inf ('none') one step past the largest."""
-    finite = sorted({v for v in values if math.isfinite(v) and v > 0})
-    positions = {v: v for v in finite}
-    if math.inf in set(values):
-        if len(finite) >= 2:
-            step = (finite[-1] / finite[0]) ** (1 / (len(finite) - 1))
-            positions[math.inf] = finite[-1] * max(step, 1.5) ** 1.5
-        else:
-            positions[math.inf] = finite[-1] * 4 if finite else 1.0
-    ticks = {("none" if math.isinf(v) else f"{v:g}"): p for v, p in positions.items()}
-    return positions, ticks
+def _mark_stopped(axes, test: pd.DataFrame, position: Callable[[pd.Series], float]) -> None:
+    """An x at the foot of the axis for each setting with no test perplexity because ASHA stopped
+    all its trials: shown as stopped, not silently missing."""
+    stopped = test[(test["n_test"] == 0) & (test.get("n_stopped_early", 0) > 0)]
+    for i, (_, row) in enumerate(stopped.iterrows()):
+        axes.plot([position(row)], [0.03], transform=axes.get_xaxis_transform(), marker="x", color="grey",
+                  linestyle="none", markersize=7, label="stopped by ASHA (no test perplexity)" if i == 0 else None)

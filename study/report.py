@@ -42,7 +42,7 @@ import pyarrow.fs as pafs
 from study import metrics as m
 from study import plots
 from study.collect import Experiment, load_experiment
-from study.comparison import Pivot, compare, factor_label, format_value, pivot
+from study.comparison import Pivot, compare, factor_label, format_value, pivot, sampled_keys
 from study.errors import main_with_errors
 from study.provenance import print_provenance, provenance
 from study.publish import publish, staging
@@ -116,6 +116,7 @@ def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) ->
     }
     lines["colour"] = lines["trial_id"].map(colour_of)
     lines["panel"] = lines["trial_id"].map(panel_of)
+    lines["status"] = lines["trial_id"].map(dict(zip(trials["trial_id"], trials["status"])))  # curves mark ASHA stops
     colour_order = list(dict.fromkeys(grid.frame["_row"])) if colour else ["all"]
     thresholds = {}
     if colour is not None and colour.name == "max_grad_norm" and not colour.is_case:
@@ -140,6 +141,7 @@ def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) ->
         thresholds=thresholds,
         test=grid.frame.assign(x=grid.frame[colour.keys[0]] if numeric_x else grid.frame["_row"]),
         colour_numeric=numeric_x,
+        sampled=colour is not None and bool(set(colour.keys) & sampled_keys(experiment.study)),
     )
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from study import metrics as m
-from study.comparison import SEED, STATUSES, UNFINISHED, Pivot
+from study.anova import interaction
+from study.comparison import RANKED, STATUSES, UNFINISHED, Pivot, format_value, noise_of, sampled_keys, setting_keys
 from study.collect import STUDY_FILE, Experiment
 from study.experiment_reader import split_location
 from study.provenance import space_description
@@ -31,16 +32,12 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
     shared = int(experiment.epochs[m.SHARED_PREFIX].sum())  # epochs a trial took from a shared prefix
     trained = int(trials["epochs_run"].sum()) - shared
     hours = trials["seconds"].sum() / 3600
-    seeds = trials[SEED].nunique() if SEED in trials else 1
     description = space_description(info.get("space_text"))
 
     lines = [f"# Study {name}" + (f": {description}" if description else "")]
     studied = [f"space `{name}`" if info.get("space") else f"experiment `{name}`"]
     studied += [f"preset {info['preset']}"] if info.get("preset") else []
-    studied += [
-        f"{epochs_each} epochs per trial",
-        f"{n} trials ({len(comparison)} setting{'s' if len(comparison) != 1 else ''} x {seeds} seed{'s' if seeds != 1 else ''})",
-    ]
+    studied += [f"{epochs_each} epochs per trial", f"{n} trials ({_settings_by_seeds(comparison, experiment)})"]
     lines.append(
         "Studied: " + ", ".join(studied) + f". Budget: {trained} of {n * epochs_each} epochs trained"
         + (f" ({shared} more taken from shared prefixes), " if shared else ", ") +
@@ -55,12 +52,18 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
     axis = f"{grid.row_title} x {grid.column_title}" if grid.columns else grid.row_title or "setting"
     lines.append(f"## Best validation perplexity by {axis}")
     lines.append(
-        "Mean over seeds of each trial's lowest validation perplexity, ± the half-width of the 95% Student-t "
-        "interval (none with fewer than two trials); diverged trials are left out and counted in brackets."
+        "Mean over seeds of each trial's lowest validation perplexity, ± the half-width of its 95% interval; "
+        "diverged trials are left out and counted in brackets. " + _interval_method(experiment, "best_valid_ppl")
     )
     lines.append(_markdown_grid(grid, "best_valid_ppl"))
     lines.append("## Test perplexity (completed trials)")
+    lines.append("Mean over seeds of the completed trials' test perplexity. " + _interval_method(experiment, "test_ppl"))
     lines.append(_markdown_grid(grid, "test_ppl"))
+    crossed = [f for f in experiment.factors if not f.is_case]
+    if len(experiment.factors) == 2 and len(crossed) == 2:
+        answer = interaction(trials, experiment.epochs, crossed[0].keys[0], crossed[1].keys[0], lambda key, value: format_value(value))
+        lines.append("## Interaction")
+        lines.append(answer or f"Not fitted: {crossed[0].name} x {crossed[1].name} needs every combination with at least two finished seeds.")
     lines.append("## Divergence")
     lines.append(_divergence(comparison, trials))
     if experiment.errors:
@@ -84,6 +87,20 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
         f"`python -m study.report {experiment.location.given} --provenance`."
     )
     return "\n\n".join(lines) + "\n"
+
+
+def _settings_by_seeds(comparison: pd.DataFrame, experiment: Experiment) -> str:
+    """'4 settings x 2 seeds', in numbers that multiply to the trials: a sampled setting is drawn
+    per trial, so 4 sampled trials are '4 settings x 1 seed'; uneven settings give the range."""
+    sampled = " sampled" if sampled_keys(experiment.study) & set(setting_keys(experiment.factors)) else ""
+    settings = f"{len(comparison)}{sampled} setting{'s' if len(comparison) != 1 else ''}"
+    per = comparison["n_trials"]
+    if per.empty:
+        return f"{settings} so far"
+    unit = "seed" if (per == comparison["n_seeds"]).all() else "trial"  # repeated samples of a grid: trials
+    if per.min() == per.max():
+        return f"{settings} x {per.min()} {unit}{'s' if per.min() != 1 else ''}"
+    return f"{settings} with {per.min()} to {per.max()} {unit}s"
 
 
 def _answer(comparison: pd.DataFrame) -> str:
@@ -137,6 +154,11 @@ def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experimen
             "**No intervals yet**: no setting has two finished trials so far, so differences may be seed "
             "noise; the intervals appear as more of each setting's trials finish."
         )
+    elif comparison["n_trials"].max() < 2 and sampled_keys(experiment.study) & set(setting_keys(experiment.factors)):
+        notes.append(
+            "**Sampled settings**: each trial drew its own values, so no setting has a second trial and there "
+            "are no intervals (more seeds would not give any); read the trend along the sampled values in the plots."
+        )
     elif comparison["n_valid"].max() < 2:
         notes.append(
             "**One trial per setting**: no confidence intervals, so differences may be seed noise; "
@@ -145,6 +167,15 @@ def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experimen
     if not experiment.study:
         notes.append(f"No {STUDY_FILE} in the folder: the varied settings were inferred from the trial configs.")
     return notes
+
+
+def _interval_method(experiment: Experiment, name: str) -> str:
+    """Which interval each setting's `name` has: pooled seed noise (when the settings share it) or per setting."""
+    trials = experiment.trials[experiment.trials["status"].isin(RANKED if name == "best_valid_ppl" else ("completed",))]
+    noise = noise_of(trials, setting_keys(experiment.factors), name) if len(trials) else None
+    if noise is None:
+        return "No setting has two such trials, so there are no intervals."
+    return noise.describe("Intervals") + f" (each setting's method: `{name}_ci_method` in {COMPARISON})."
 
 
 def _cell(row: pd.Series, name: str) -> str:

@@ -48,7 +48,7 @@ CASES = [
     {"clip_mode": "value", "max_grad_norm": 1.7},
     {"clip_mode": "none", "max_grad_norm": math.inf},
 ]
-T_975_1 = 12.706204736174707  # Student t, 97.5th percentile, 1 degree of freedom (a table's value)
+T_975_2 = 4.302652729911275  # Student t, 97.5th percentile, 2 degrees of freedom (a table's value)
 
 
 def valid_ppl(c: float, decay: float, seed: int, epoch: int) -> float:
@@ -169,16 +169,21 @@ def test_comparison_matches_hand_computed_means_and_t_intervals(reported):
     assert both["n_seeds"] == 2 and both["n_valid"] == 2
     assert both["best_valid_ppl_mean"] == pytest.approx(115.5)
     assert both["best_valid_ppl_std"] == pytest.approx(3 / math.sqrt(2))
-    half = T_975_1 * (3 / math.sqrt(2)) / math.sqrt(2)  # = 12.706 * 1.5
+    # Seed noise pooled over the two settings with two seeds (equal spreads: Bartlett p = 1):
+    # residuals +-1.5 four times, 2 degrees of freedom, SD 3 / sqrt(2); a per-setting t would have 1.
+    pooled_sd = math.sqrt(4 * 1.5**2 / 2)
+    half = T_975_2 * pooled_sd / math.sqrt(2)  # = 4.303 * 1.5
     assert both["best_valid_ppl_ci95_low"] == pytest.approx(115.5 - half)
     assert both["best_valid_ppl_ci95_high"] == pytest.approx(115.5 + half)
+    assert both["best_valid_ppl_ci_method"] == "pooled t, 2 df"
     assert both["test_ppl_mean"] == pytest.approx(110.5) and both["n_test"] == 2
 
-    # Unclipped, decay 0.5: seed 1 diverged and is left out; one trial is no interval.
+    # Unclipped, decay 0.5: seed 1 diverged and is left out; its one trial gets the pooled interval.
     one = by_setting(comparison, max_grad_norm=math.inf, lr_decay=0.5)
     assert one["n_valid"] == 1 and one["n_diverged"] == 1
     assert one["best_valid_ppl_mean"] == valid_ppl(math.inf, 0.5, 0, 4)
-    assert math.isnan(one["best_valid_ppl_ci95_low"]) and math.isnan(one["best_valid_ppl_std"])
+    assert one["best_valid_ppl_ci95_high"] - one["best_valid_ppl_mean"] == pytest.approx(T_975_2 * pooled_sd)
+    assert math.isnan(one["best_valid_ppl_std"])
     # Unclipped, no decay: the stopped trial counts for validation, not for test.
     stopped = by_setting(comparison, max_grad_norm=math.inf, lr_decay=1.0)
     assert stopped["n_stopped_early"] == 1 and stopped["n_diverged"] == 1 and stopped["n_test"] == 0
@@ -204,7 +209,7 @@ def test_pivot_puts_max_grad_norm_down_and_labels_inf_none(experiments, reported
     assert table.loc["1", "0.5"] == pytest.approx(115.5)
     summary = Path(reported["grid"].summary).read_text()
     assert "| max_grad_norm \\ lr_decay | 0.5 | 1 |" in summary
-    assert "| none | 128.0 (1/2 diverged) | 141.0 (1/2 diverged) |" in summary and not re.search(r"\binf\b", summary)
+    assert "| none | 128.0 ± 9.1 (1/2 diverged) | 141.0 ± 9.1 (1/2 diverged) |" in summary and not re.search(r"\binf\b", summary)
 
 
 @pytest.mark.slow
@@ -223,7 +228,7 @@ def test_summary_answers_first(reported):
     assert lines[0] == "# Study dummy: Dummy study for the report's tests: clipping x decay."
     assert lines[2].startswith("Studied: space `dummy`, preset test, 4 epochs per trial, 8 trials (4 settings x 2 seeds)")
     assert "Budget: 28 of 32 epochs trained" in lines[2]
-    assert lines[4].startswith("**Best: max_grad_norm=1, lr_decay=0.5**, mean best validation perplexity 115.5 [95% CI 96.4, 134.6], n=2")
+    assert lines[4].startswith("**Best: max_grad_norm=1, lr_decay=0.5**, mean best validation perplexity 115.5 [95% CI 109.0, 122.0], n=2")
     assert "Not distinguishable from it (intervals overlap): max_grad_norm=1, lr_decay=1 (125.5" in lines[4]
     text = "\n".join(lines)
     for picture in plots.FILES.values():

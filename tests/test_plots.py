@@ -1,0 +1,80 @@
+"""The report's pictures say what they show: an axis that holds 0, ticks that never overlap, ASHA
+stops marked, no colour bar or "(log)" over nothing. Experiments are written as Ray leaves them
+(test_summary.fake_experiment), so no Ray runs here."""
+
+import math
+from pathlib import Path
+
+import pytest
+from matplotlib.figure import Figure
+from test_summary import empty_experiment, fake_experiment
+
+from study import plots
+from study.axes import numeric_axis, place_ticks
+from study.collect import load_experiment
+from study.comparison import compare, pivot
+from study.report import _plot_data
+
+
+def plot_data(experiment: Path) -> plots.PlotData:
+    loaded = load_experiment(str(experiment))
+    comparison = compare(loaded.trials, loaded.factors)
+    return _plot_data(loaded, comparison, pivot(comparison, loaded.factors))
+
+
+def test_plots_say_only_what_they_show(tmp_path):
+    trials = [{"momentum": mu, "seed": s} | ({"stop": True} if mu == 0.9 else {}) for mu in (0.0, 0.5, 0.9) for s in (0, 1)]
+    data = plot_data(fake_experiment(tmp_path / "stopped", "  momentum: {grid: [0, 0.5, 0.9]}", trials, epochs=3, stopped_after=2))
+    figure = plots.test_ppl(data)
+    axes = figure.axes[0]
+    assert axes.get_xscale() == "linear" and "log" not in axes.get_xlabel()  # 0 has no logarithm
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["0", "0.5", "0.9"]
+    assert "stopped by ASHA (no test perplexity)" in axes.get_legend_handles_labels()[1]  # 0.9: all stopped, marked
+    assert "pooled" in axes.get_title()
+    curves = plots.valid_curves(data)
+    assert "stopped by ASHA" in [t.get_text() for t in curves.legends[0].get_texts()]
+
+
+def test_plots_of_an_empty_experiment_have_sane_axes(tmp_path):
+    data = plot_data(empty_experiment(tmp_path / "empty"))
+    heatmap = plots.heatmap(data)
+    assert len(heatmap.axes) == 1  # no colour bar over nothing (it would read -0.1..0.1)
+    assert "no results yet" in heatmap.axes[0].get_title()
+    for figure in (plots.valid_curves(data), plots.grad_norms(data)):
+        axes = figure.axes[0]
+        assert axes.get_yscale() == "linear" and "(log)" not in axes.get_ylabel()
+
+
+@pytest.mark.parametrize("values, scale", [
+    ([0.0, 0.9], "linear"), ([0.5, 1.0, 1.5], "linear"), ([0.1, 1.0, 10.0, math.inf], "log"),
+    ([0.0, 1e-5, 1e-4, 1e-3], "symlog"), ([-1.0, 0.0, 1.0], "linear"),
+])
+def test_numeric_values_get_an_axis_that_holds_them(values, scale):
+    axis = numeric_axis(values)
+    assert axis.scale == scale and set(values) <= set(axis.positions)
+    if math.inf in values:  # "none" one step past the largest, the dotted line between
+        assert axis.positions[math.inf] > 10 and 10 < axis.edge() < axis.positions[math.inf]
+
+
+def test_crowded_tick_labels_are_thinned_never_overlapping():
+    figure = Figure(figsize=(4, 3), layout="constrained")
+    axes = figure.add_subplot()
+    values = [0.0, 0.001, 0.002, 0.003, 0.5, 0.9]
+    axes.plot(values, values)
+    place_ticks(axes, {f"{v:g}": v for v in values})
+    figure.draw_without_rendering()
+    boxes = sorted((t.get_window_extent() for t in axes.get_xticklabels()), key=lambda b: b.x0)
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))
+    shown = [t.get_text() for t in axes.get_xticklabels()]
+    assert shown[0] == "0" and "0.9" in shown and len(shown) < len(values)
+
+
+def test_sampled_values_are_points_on_a_value_axis_with_a_colour_bar(tmp_path):
+    trials = [{"learning_rate": 0.1 * 1.37**i, "seed": i % 2} for i in range(12)]
+    data = plot_data(fake_experiment(tmp_path / "sampled", "  learning_rate: {loguniform: [0.1, 3]}", trials, epochs=2))
+    assert data.sampled
+    axes = plots.test_ppl(data).axes[0]
+    assert axes.get_xscale() == "log" and axes.lines[0].get_linestyle() == "None"  # points, no line through them
+    curves = plots.valid_curves(data)
+    assert len(curves.axes) == 2 and curves.axes[1].get_ylabel() == "learning_rate (sampled)"  # a colour bar
+    assert not curves.legends  # no legend entry per sampled value (nothing diverged or stopped)

@@ -1,0 +1,149 @@
+"""The report of any study: zero, categorical and sampled values, an empty experiment, and the
+two-way model with pooled seed noise on a crossed study.
+
+The experiments are written here as Ray leaves them (state JSON and result.json lines, numbers by
+formula, no Ray, no training), so each test runs in about a second; one test runs a real sweep.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_sweep import sweep
+
+from study import metrics as m
+from study import plots
+from study.data import load_corpus
+from study.report import write_report
+
+REPORT_FILES = ("trials.parquet", "epochs.parquet", "comparison.parquet", "summary.md", *plots.FILES.values())
+HIDDEN = ("cell", "stop")
+
+
+def fake_experiment(folder: Path, vary: str, trials: list[dict], epochs: int, stopped_after: int | None = None) -> Path:
+    """An experiment folder of `trials` (their configs): validation perplexity by formula, falling
+    with the epochs, plus a trial's "cell" offset; a trial with "stop" ends after `stopped_after`
+    epochs, as ASHA stops a trial ("cell" and "stop" are not settings)."""
+    folder.mkdir()
+    varied = [key for key in trials[0] if key not in HIDDEN and len({json.dumps(t.get(key)) for t in trials}) > 1]
+    space = f"description: {folder.name}\npreset: test\nvary:\n{vary}\n"
+    study = {"space": folder.name, "space_text": space, "preset": "test", "epochs": epochs, "varied": varied}
+    (folder / "study.json").write_text(json.dumps(study))
+    entries = []
+    for index, config in enumerate(trials):
+        trial_id, offset, last = f"t{index:02d}", config.get("cell", 0), stopped_after if config.get("stop") else epochs
+        config = {k: v for k, v in config.items() if k not in HIDDEN} | {"epochs": epochs}
+        (folder / trial_id).mkdir()
+        lines = []
+        for epoch in range(1, last + 1):
+            valid = 100 + 10 * config.get("momentum", 0) + 5 * config.get("seed", 0) + 7 * config.get("learning_rate", 0) + 20 / epoch
+            valid += {"value": 3, "none": 9}.get(config.get("clip_mode"), 0) + offset
+            report = {m.EPOCH: epoch, m.VALID_PPL: valid, m.DIVERGED: False, m.GRAD_NORM_P50: 1.0 + epoch,
+                      m.GRAD_NORM_P90: 2.0 + epoch, m.CLIP_FRACTION: 0.1, m.EPOCH_SECONDS: 1.0}
+            lines.append(json.dumps(report | ({m.TEST_PPL: valid - 4} if epoch == epochs else {})))
+        (folder / trial_id / "result.json").write_text("\n".join(lines) + "\n")
+        trial = {"trial_id": trial_id, "status": "TERMINATED", "config": config, "relative_logdir": trial_id}
+        entries.append([json.dumps(trial), json.dumps({})])
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": entries}))
+    return folder
+
+
+SPACES = {  # name: (the space's vary block, the trials' configs, what the summary's first lines say)
+    "momentum": ("  momentum: {grid: [0, 0.9]}", [{"momentum": mu, "seed": s} for mu in (0.0, 0.9) for s in (0, 1)],
+                 "4 trials (2 settings x 2 seeds)"),
+    "modes": ("  clip_mode: {grid: [global_norm, value, none]}", [{"clip_mode": c, "seed": 0} for c in ("global_norm", "value", "none")],
+              "3 trials (3 settings x 1 seed)"),
+    "sampled": ("  learning_rate: {uniform: [0.5, 1.5]}", [{"learning_rate": 0.5 + 0.29 * i, "seed": i % 2} for i in range(4)],
+                "4 trials (4 sampled settings x 1 seed)"),
+}
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_any_space_writes_every_table_summary_and_plot(tmp_path, name):
+    vary, trials, says = SPACES[name]
+    trials = [*trials[:-1], trials[-1] | {"stop": True}]  # ASHA stopped the last trial after epoch 1
+    experiment = fake_experiment(tmp_path / name, vary, trials, epochs=3, stopped_after=1)
+    write_report(str(experiment), quiet=True)
+    for file in REPORT_FILES:
+        assert (experiment / file).stat().st_size > 0, file
+    summary = (experiment / "summary.md").read_text()
+    assert says in summary.splitlines()[2] and "plots and summary failed" not in summary
+    comparison = pd.read_parquet(experiment / "comparison.parquet")
+    if name == "sampled":  # no setting repeats: no intervals, and no advice that cannot help
+        assert "Sampled settings" in summary and "--seeds" not in summary
+        assert set(comparison["best_valid_ppl_ci_method"]) == {"none"}
+    if name == "momentum":  # 0 is a value like any other; the two seeds' noise is pooled over both settings
+        assert sorted(comparison["momentum"]) == [0.0, 0.9] and comparison["best_valid_ppl_ci95_low"].notna().all()
+        assert set(comparison["best_valid_ppl_ci_method"]) == {"pooled t, 2 df"}
+        assert "1 stopped early" in summary
+    if name == "modes":  # one seed: no interval anywhere, and the summary says how to get them
+        assert "--seeds 0 1 2" in summary and comparison["best_valid_ppl_ci95_low"].isna().all()
+
+
+def empty_experiment(folder: Path) -> Path:
+    """An experiment before any trial was created: study.json and Ray's state with no trials."""
+    folder.mkdir()
+    (folder / "study.json").write_text(json.dumps({"space": "empty", "varied": ["max_grad_norm"], "epochs": 2}))
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [], "runner_data": {}, "stats": {}}))
+    return folder
+
+
+def test_an_empty_experiment_writes_every_table_summary_and_plot(tmp_path):
+    experiment = empty_experiment(tmp_path / "empty")
+    write_report(str(experiment), quiet=True)
+    for file in REPORT_FILES:
+        assert (experiment / file).exists(), file
+    assert "0 trials" in (experiment / "summary.md").read_text()
+
+
+def test_a_crossed_study_gets_pooled_intervals_and_the_interaction_answered(tmp_path):
+    # max_grad_norm x lr_decay, 2 seeds; the decay changes which threshold wins (cell offsets below),
+    # seeds differ by 5 everywhere (equal seed noise). One trial stopped by ASHA after epoch 2.
+    offsets = {(1.0, 0.5): 0.0, (1.0, 1.0): 12.0, (math.inf, 0.5): 8.0, (math.inf, 1.0): 2.0}
+    trials = [{"max_grad_norm": c, "lr_decay": d, "seed": s, "cell": offsets[c, d]} for c in (1.0, math.inf) for d in (0.5, 1.0) for s in (0, 1)]
+    trials[-1] |= {"stop": True}
+    vary = "  max_grad_norm: {grid: [1, .inf]}\n  lr_decay: {grid: [0.5, 1.0]}"
+    experiment = fake_experiment(tmp_path / "crossed", vary, trials, epochs=4, stopped_after=2)
+    write_report(str(experiment), quiet=True)
+    comparison = pd.read_parquet(experiment / "comparison.parquet")
+    assert comparison["best_valid_ppl_ci95_low"].notna().all()
+    assert set(comparison["best_valid_ppl_ci_method"]) == {"pooled t, 4 df"}
+    summary = (experiment / "summary.md").read_text()
+    section = summary.split("## Interaction\n\n")[1].split("\n\n")[0]
+    # At epoch 2 (the stopped trial's last), cell means 0, 12, 8, 2 (+2.5 for the seeds, +110 the rest):
+    # interaction SS = 2 * 4 * ((0 - 12 - 8 + 2) / 4)**2 = 162, residual SS = 8 * 2.5**2 = 50 on 4 df.
+    assert "at epoch 2, the last epoch every trial in the model reached (1 trial(s) stopped by ASHA" in section
+    assert "over 8 trials" in section and f"interaction F = {162 / (50 / 4):.2f}" in section
+    assert "The best max_grad_norm **depends on lr_decay** (interaction F = 12.96, p = 0.023): it is 1 at lr_decay 0.5, none at lr_decay 1." in section
+    assert "max_grad_norm explains 1% of the variation" in section and "their interaction 70% of the variation" in section
+    assert "The winner, max_grad_norm=1 with lr_decay=0.5 (112.50), beats the runner-up, max_grad_norm=none with lr_decay=1 (114.50), by 2.00" in section
+    assert "within the seed noise" in section
+    assert "the settings share their seed noise" in summary
+
+
+CROSSED = """description: crossed
+preset: test
+fixed: {epochs: 3, max_words: 0}
+vary:
+  max_grad_norm: {grid: [0.1, 5.0]}
+  lr_decay: {grid: [0.5, 1.0]}
+seeds: [0, 1]
+scheduler: {grace_period: 3}  # no ASHA stop: the model is fitted on the best validation perplexity
+resources: {cpus_per_trial: 1}
+"""
+
+
+@pytest.mark.slow
+def test_a_real_crossed_sweep_answers_the_interaction(ray_session, tiny_corpus_dir, tmp_path):
+    (tmp_path / "crossed.yaml").write_text(CROSSED)
+    options, _ = sweep([str(tmp_path / "crossed.yaml"), "--storage", str(tmp_path / "out")], load_corpus(tiny_corpus_dir))
+    experiment = Path(options.experiment)
+    comparison = pd.read_parquet(experiment / "comparison.parquet")
+    assert len(comparison) == 4 and comparison["best_valid_ppl_ci95_low"].notna().all()
+    assert comparison["test_ppl_ci95_low"].notna().all()
+    section = (experiment / "summary.md").read_text().split("## Interaction\n\n")[1].split("\n\n")[0]
+    assert section.startswith("Two-way ANOVA with interaction (statsmodels OLS, type-2 sums of squares; both settings as "
+                              "categories) of best validation perplexity (every trial in the model completed all its epochs), over 8 trials")
+    assert "max_grad_norm explains" in section and "(interaction F = " in section and "The winner, max_grad_norm=" in section
