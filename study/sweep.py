@@ -334,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     check_address(address)  # seconds, where ray.init would retry for minutes
     corpus = load_corpus(args.data_dir)  # before Ray starts: a data problem is one line, not a trial error
     options.space.check_corpus_fits(corpus)
-    if corpus.dropped_note():
-        print(corpus.dropped_note())
+    if note := corpus.dropped_note():
+        print(note)
     timing = plan_timing(options, corpus)  # before Ray starts, so that nothing else runs meanwhile
     # Without an address, a private Ray of this process ("local"): ray.init() alone would join any
     # Ray already running on the machine. Ray 2.60 binds its servers to every interface (it turns a

@@ -341,8 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu or auto")
     corpus = load_corpus(args.data_dir)
-    if corpus.dropped_note():
-        print(corpus.dropped_note())
+    if note := corpus.dropped_note():
+        print(note)
     identity = run_identity(config, corpus.sha256)
     if saved is not None:  # the configuration is the saved one: what can differ is the corpus
         check_identity(saved_identity, identity, str(args.resume))
