@@ -1,5 +1,5 @@
 """What exact gradient norms cost: training words/s with study's norms (float32 norms of 256-element
-blocks added in float64, study.clipping.squared_norms) against torch's float32 norm kernels on
+blocks added in float64, study.train.clipping.squared_norms) against torch's float32 norm kernels on
 whole tensors (~1e-3 low on PTB's 2M-element softmax gradient), taking turns window by window in one process so that both see the same drift;
 then the time of the clipping call alone, which drifts less.
 
@@ -14,12 +14,12 @@ import time
 
 import torch
 
-import study.clipping
+import study.train.clipping
 from study.config import make_config
-from study.data import load_corpus
-from study.train import Trainer, set_threads
+from study.train.data import load_corpus
+from study.train.trainer import Trainer, set_threads
 
-EXACT = study.clipping.squared_norms
+EXACT = study.train.clipping.squared_norms
 
 
 def float32_kernel_squared_norms(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -42,15 +42,15 @@ def window(trainer: Trainer, data: torch.Tensor, steps: int) -> float:
 def clip_seconds(trainer: Trainer, repeats: int) -> dict[str, float]:
     """Median seconds of one `Clipper.clip_` call on the trainer's real gradients, per variant,
     taking turns call by call (the threshold is far above the norm: nothing is scaled)."""
-    clipper = study.clipping.Clipper("global_norm", 1e9, capacity=2 * repeats * len(VARIANTS))
+    clipper = study.train.clipping.Clipper("global_norm", 1e9, capacity=2 * repeats * len(VARIANTS))
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(repeats):
         for name, squared_norms in VARIANTS.items():
-            study.clipping.squared_norms = squared_norms
+            study.train.clipping.squared_norms = squared_norms
             started = time.perf_counter()
             clipper.clip_(trainer.parameters)
             times[name].append(time.perf_counter() - started)
-    study.clipping.squared_norms = EXACT
+    study.train.clipping.squared_norms = EXACT
     return {name: statistics.median(own) for name, own in times.items()}
 
 
@@ -69,9 +69,9 @@ def main() -> None:
     window(trainer, data, 20)  # warm-up
     for _ in range(args.windows):
         for name, squared_norms in VARIANTS.items():
-            study.clipping.squared_norms = squared_norms
+            study.train.clipping.squared_norms = squared_norms
             speeds[name].append(window(trainer, data, args.steps))
-    study.clipping.squared_norms = EXACT
+    study.train.clipping.squared_norms = EXACT
     print(f"preset {args.preset}, {args.threads} threads, {args.windows} windows of {args.steps} steps each, taking turns")
     for name, own in speeds.items():
         print(f"{name:>22}: {statistics.median(own):,.0f} words/s median (range {min(own):,.0f}-{max(own):,.0f})")

@@ -16,8 +16,9 @@ import time
 import pandas as pd
 import ray
 
-from study.data import load_corpus
-from study.sweep import options_from_args, parse_args, run_sweep
+from study.train.data import load_corpus
+from study.sweep.cli import options_from_args, parse_args
+from study.sweep.tuner import run_sweep
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import time
 import torch
 
 from study.config import PRESETS, make_config
-from study.data import load_corpus
+from study.train import load_corpus
 from study.errors import UsageError, main_with_errors
 from study.train import Trainer, available_cpus, select_device, set_threads
 

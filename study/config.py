@@ -149,3 +149,25 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The config fields given on the command line."""
     return {name: getattr(args, name) for name in TrainConfig.model_fields if hasattr(args, name)}
+
+
+def flatten_cases(tune_config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Ray's trial config with each `cases` group (a dict under its label) merged into the top level,
+    a case overriding a plain value beside it. Returns (flat config, {label: the keys its group sets}).
+    The one reading of cases: the sweep's trials and the report's tables both go through it."""
+    flat = {key: value for key, value in tune_config.items() if not isinstance(value, dict)}
+    groups: dict[str, list[str]] = {}
+    set_by: dict[str, str] = {}
+    for label, group in tune_config.items():
+        if not isinstance(group, dict):
+            continue
+        groups[label] = list(group)
+        for key, value in group.items():
+            if key in set_by:
+                raise UsageError(
+                    f"trial config: {label}.{key}: also set by {set_by[key]}.{key}, allowed: each setting in one group"
+                )
+            set_by[key] = label
+            flat[key] = value
+    return flat, groups
+

@@ -4,8 +4,6 @@ so a crash or a full disk never leaves half a table where a reader expects a who
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,28 +12,23 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from study.storage import replacing
+
 METADATA_KEY = b"study.provenance"
 # The report's files in an experiment folder (study.report).
 TRIALS, EPOCHS, COMPARISON, SUMMARY = "trials.parquet", "epochs.parquet", "comparison.parquet", "summary.md"
+STUDY_FILE = "study.json"  # written by study.sweep beside Ray's state: the study as planned, read by the report
 
 
 def write_table(frame: pd.DataFrame, path: str | Path, provenance: dict[str, Any] | None = None) -> Path:
     """Write `frame` to `path` atomically, with `provenance` as JSON in the schema metadata."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(frame, preserve_index=False)
     if provenance is not None:
         metadata = {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(provenance, default=str).encode()}
         table = table.replace_schema_metadata(metadata)
-    # A fresh name that pyarrow creates, so the file gets the process's umask like every other
-    # file study writes (mkstemp would make it 0600: unreadable to a teammate on shared storage).
-    temporary = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
+    with replacing(path) as temporary:
         pq.write_table(table, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -1,37 +1,17 @@
 """Fixtures shared by the test modules: the real PTB when the machine has it, a tiny corpus always."""
 
-import random
 from pathlib import Path
 
 import pytest
+from helpers import tiny_text
 
 _ROOT = Path(__file__).resolve().parents[1]
 # The project's CI machines carry PTB beside the checkout (../shared) or inside it (shared/).
 _PTB_CANDIDATES = (_ROOT.parent / "shared" / "data" / "ptb", _ROOT / "shared" / "data" / "ptb")
 _PTB_NAMES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
 
-_TINY_WORDS = ("the", "cat", "dog", "sat", "ran", "on", "a", "mat", "and", "<unk>", "N", "big")
 
 
-def tiny_text() -> dict[str, str]:
-    """Three splits in PTB's layout (" w w w \\n" lines): 400 / 120 / 120 words of 12 kinds.
-
-    Deterministic. The valid file holds one "zebra", a word train lacks (dropped by the reader),
-    so that a test can count it. Large enough for the `test` preset (batch 4 x 5 steps).
-    """
-    rng = random.Random(0)
-
-    def lines(words: int) -> list[str]:
-        out, left = [], words
-        while left:
-            n = min(left, rng.randint(4, 12))
-            out.append(" " + " ".join(rng.choice(_TINY_WORDS) for _ in range(n)) + " \n")
-            left -= n
-        return out
-
-    valid = lines(119)
-    valid[0] = " zebra" + valid[0]
-    return {"ptb.train.txt": "".join(lines(400)), "ptb.valid.txt": "".join(valid), "ptb.test.txt": "".join(lines(120))}
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from study.config import make_config
-from study.data import load_corpus
+from study.train.data import load_corpus
 from study.errors import UsageError
-from study.spaces import load_space
+from study.sweep.space_file import load_space
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess:

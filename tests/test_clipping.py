@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-import study.clipping
+import study.train.clipping
 from study import metrics as m
-from study.clipping import Clipper
+from study.train.clipping import Clipper
 from study.config import make_config
 
 
@@ -219,7 +219,7 @@ def as_parameters(*grads: torch.Tensor) -> list[torch.nn.Parameter]:
     return parameters
 
 
-@pytest.mark.parametrize("mode", study.clipping.MODES)
+@pytest.mark.parametrize("mode", study.train.clipping.MODES)
 def test_recorded_norm_of_a_multi_million_element_gradient_is_exact_to_1e_6(mode):
     # The small preset's softmax-weight gradient has 2M elements; torch's float32 norm kernel is
     # over 1e-5 low on this 4M-element one (asserted, so the test keeps its teeth).

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
-from test_sweep import finish
+from helpers import finish
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from study.anova import seed_noise
-from study.comparison import Factor, compare, sampled_keys
+from study.report.anova import seed_noise
+from study.report.comparison import Factor, compare, sampled_keys
 
 
 def test_seed_noise_pools_alike_spreads_and_refuses_unlike_ones():

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from study import data
-from study.data import (
+from study.train import data
+from study.train.data import (
     DATA_ENV,
     PTB_FILES,
     PTB_SHA256,

@@ -8,13 +8,14 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from study import estimate
-from study.data import load_corpus
-from study.estimate import (
+from study.sweep import estimate
+from study.train.data import load_corpus
+from study.sweep.estimate import (
     Calibration, brackets, calibration, calibration_key, estimate_lines, expected_epochs, format_duration, trial_epochs,
 )
-from study.spaces import AshaSettings, load_space
-from study.train import Trainer
+from study.sweep.space_file import load_space
+from study.sweep.spaces import AshaSettings
+from study.train.trainer import Trainer
 
 
 def test_grad_clip_trial_epochs_full_grid_and_with_asha():

@@ -24,9 +24,9 @@ import ray.tune.utils.serialization
 from ray import cloudpickle, tune
 from ray.tune.utils.serialization import TuneFunctionEncoder
 
-from study import experiment_reader as reader
+from study.report import reader as reader
 from study import metrics as m
-from study.report import main, write_report
+from study.report.build import main, write_report
 
 pytestmark = pytest.mark.slow
 

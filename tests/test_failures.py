@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 from ray import tune
 
-from study.capacity import Node, check_capacity, trials_at_once
-from study.data import load_corpus
+from study.sweep.capacity import Node, check_capacity, trials_at_once
+from study.train.data import load_corpus
 from study.errors import UsageError
-from study.sweep import closing_summary, exit_code, options_from_args, parse_args, run_sweep
+from study.sweep.cli import closing_summary, exit_code, options_from_args, parse_args
+from study.sweep.tuner import run_sweep
 
 SPACE = """
 description: failures

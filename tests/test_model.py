@@ -1,6 +1,6 @@
 import torch
 
-from study.model import LSTMLanguageModel
+from study.train.model import LSTMLanguageModel
 
 
 def small(keep_prob=1.0):

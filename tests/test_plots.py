@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 from matplotlib.figure import Figure
-from test_summary import empty_experiment, fake_experiment
+from helpers import empty_experiment, fake_experiment
 
-from study import plots
-from study.axes import numeric_axis, place_ticks
-from study.collect import load_experiment
-from study.comparison import compare, pivot
-from study.report import _plot_data
+from study.report import plots
+from study.report.axes import numeric_axis, place_ticks
+from study.report.collect import load_experiment
+from study.report.comparison import compare, pivot
+from study.report.build import _plot_data
 
 
 def plot_data(experiment: Path) -> plots.PlotData:

@@ -7,13 +7,13 @@ import textwrap
 import pytest
 import torch
 
-from study import train
+from study.train import trainer as train
 from study.bench import training_speeds
 from study.config import make_config
-from study.data import load_corpus
+from study.train.data import load_corpus
 from study.errors import UsageError
-from study.spaces import load_space
-from study.train import Trainer
+from study.sweep.space_file import load_space
+from study.train.trainer import Trainer
 
 
 @pytest.fixture(autouse=True)

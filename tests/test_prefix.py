@@ -14,18 +14,19 @@ import torch
 from ray import tune
 from ray.tune.experiment import Experiment
 
-from conftest import tiny_text
-from test_sweep import finish, run_cli
+from helpers import finish, run_cli, tiny_text
 from study import metrics as m
 from study.config import make_config
-from study.data import DATA_ENV, load_corpus
-from study.prefix import REPORTS, PrefixGroup, SharingPlan, TrialPrefix, epochs_saved, prefix_groups, prefix_of
-from study.prefix_search import PrefixSearch
-from study.schedules import LateSettings, late_settings
-from study.spaces import load_space, trial_config
-from study.state import StateError
-from study.sweep import main, options_from_args, parse_args, resume_command, run_sweep
-from study.train import Trainer
+from study.train.data import DATA_ENV, load_corpus
+from study.sweep.prefix import REPORTS, PrefixGroup, SharingPlan, TrialPrefix, epochs_saved, prefix_groups, prefix_of
+from study.sweep.prefix_search import PrefixSearch
+from study.train.schedules import LateSettings, late_settings
+from study.sweep.space_file import load_space
+from study.sweep.spaces import trial_config
+from study.train.state import StateError
+from study.sweep.cli import main, options_from_args, parse_args, resume_command
+from study.sweep.tuner import run_sweep
+from study.train.trainer import Trainer
 
 TIMING = (m.WORDS_PER_SEC, m.EPOCH_SECONDS)  # the only metrics that differ between identical runs
 COMPARED = (m.LR, m.TRAIN_PPL, m.VALID_PPL, m.TEST_PPL, *m.GRAD_METRICS, m.DIVERGED)

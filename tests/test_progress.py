@@ -18,10 +18,10 @@ from ray import tune
 from rich.console import Console
 
 from study import metrics as m
-from study.progress import LINE_SECONDS, SweepProgress, progress_sender, quiet_ray, start_board
-from study.spaces import load_space
-from study.sweep import options_from_args, parse_args, resume_command
-from study.train import EpochProgress
+from study.sweep.progress import LINE_SECONDS, SweepProgress, progress_sender, quiet_ray, start_board
+from study.sweep.space_file import load_space
+from study.sweep.cli import options_from_args, parse_args, resume_command
+from study.train.trainer import EpochProgress
 
 
 class Clock:

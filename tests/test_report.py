@@ -25,11 +25,14 @@ import pytest
 from ray import cloudpickle, tune
 
 from study import metrics as m
-from study import collect as collect_module
-from study import comparison, plots, report, tables
-from study.collect import collect
-from study.comparison import compare, pivot
-from study.report import main, write_report
+from study.report import collect as collect_module
+from study import tables
+from study.report import comparison
+from study.report import plots
+from study.report import build as report
+from study.report.collect import collect
+from study.report.comparison import compare, pivot
+from study.report.build import main, write_report
 
 EPOCHS = 4
 SPACE_TEXT = """description: >-

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from study.config import make_config
-from study.schedules import make_schedule
+from study.train.schedules import make_schedule
 
 
 def rates_after(schedule, valid_ppls: list[float]) -> list[float]:

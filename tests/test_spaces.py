@@ -12,7 +12,8 @@ from ray.tune.search.variant_generator import generate_variants
 from study import metrics
 from study.config import PRESETS
 from study.errors import UsageError
-from study.spaces import SPACES_DIR, load_space, resolve_space_path, trial_config
+from study.sweep.space_file import SPACES_DIR, load_space, resolve_space_path
+from study.sweep.spaces import trial_config
 
 SHIPPED = ("grad_clip", "clip_modes", "lr_schedules", "smoke")
 

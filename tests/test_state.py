@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from study.config import make_config
-from study.data import load_corpus
-from study.state import StateError, decode_state, encode_state, load_state, run_identity, save_state
-from study.train import Trainer
+from study.train.data import load_corpus
+from study.train.state import StateError, decode_state, encode_state, load_state, run_identity, save_state
+from study.train.trainer import Trainer
 
 
 @pytest.fixture
@@ -172,7 +172,8 @@ def tamper_then_kill(how: dict[float, str]):
 
 @pytest.mark.slow
 def test_a_trial_restored_from_a_damaged_or_foreign_checkpoint_ends_in_error_with_that_line(ray_session, tiny_corpus_dir, tmp_path):
-    from study.sweep import closing_summary, options_from_args, parse_args, run_sweep
+    from study.sweep.cli import closing_summary, options_from_args, parse_args
+    from study.sweep.tuner import run_sweep
 
     space = tmp_path / "tamper.yaml"
     space.write_text(

@@ -5,49 +5,21 @@ The experiments are written here as Ray leaves them (state JSON and result.json 
 formula, no Ray, no training), so each test runs in about a second; one test runs a real sweep.
 """
 
-import json
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_sweep import sweep
+from helpers import sweep
 
-from study import metrics as m
-from study import plots
-from study.data import load_corpus
-from study.report import write_report
+from study.report import plots
+from study.train.data import load_corpus
+from study.report.build import write_report
 
 REPORT_FILES = ("trials.parquet", "epochs.parquet", "comparison.parquet", "summary.md", *plots.FILES.values())
-HIDDEN = ("cell", "stop")
+from helpers import empty_experiment, fake_experiment
 
 
-def fake_experiment(folder: Path, vary: str, trials: list[dict], epochs: int, stopped_after: int | None = None) -> Path:
-    """An experiment folder of `trials` (their configs): validation perplexity by formula, falling
-    with the epochs, plus a trial's "cell" offset; a trial with "stop" ends after `stopped_after`
-    epochs, as ASHA stops a trial ("cell" and "stop" are not settings)."""
-    folder.mkdir()
-    varied = [key for key in trials[0] if key not in HIDDEN and len({json.dumps(t.get(key)) for t in trials}) > 1]
-    space = f"description: {folder.name}\npreset: test\nvary:\n{vary}\n"
-    study = {"space": folder.name, "space_text": space, "preset": "test", "epochs": epochs, "varied": varied}
-    (folder / "study.json").write_text(json.dumps(study))
-    entries = []
-    for index, config in enumerate(trials):
-        trial_id, offset, last = f"t{index:02d}", config.get("cell", 0), stopped_after if config.get("stop") else epochs
-        config = {k: v for k, v in config.items() if k not in HIDDEN} | {"epochs": epochs}
-        (folder / trial_id).mkdir()
-        lines = []
-        for epoch in range(1, last + 1):
-            valid = 100 + 10 * config.get("momentum", 0) + 5 * config.get("seed", 0) + 7 * config.get("learning_rate", 0) + 20 / epoch
-            valid += {"value": 3, "none": 9}.get(config.get("clip_mode"), 0) + offset
-            report = {m.EPOCH: epoch, m.VALID_PPL: valid, m.DIVERGED: False, m.GRAD_NORM_P50: 1.0 + epoch,
-                      m.GRAD_NORM_P90: 2.0 + epoch, m.CLIP_FRACTION: 0.1, m.EPOCH_SECONDS: 1.0}
-            lines.append(json.dumps(report | ({m.TEST_PPL: valid - 4} if epoch == epochs else {})))
-        (folder / trial_id / "result.json").write_text("\n".join(lines) + "\n")
-        trial = {"trial_id": trial_id, "status": "TERMINATED", "config": config, "relative_logdir": trial_id}
-        entries.append([json.dumps(trial), json.dumps({})])
-    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": entries}))
-    return folder
 
 
 SPACES = {  # name: (the space's vary block, the trials' configs, what the summary's first lines say)
@@ -82,12 +54,6 @@ def test_any_space_writes_every_table_summary_and_plot(tmp_path, name):
         assert "--seeds 0 1 2" in summary and comparison["best_valid_ppl_ci95_low"].isna().all()
 
 
-def empty_experiment(folder: Path) -> Path:
-    """An experiment before any trial was created: study.json and Ray's state with no trials."""
-    folder.mkdir()
-    (folder / "study.json").write_text(json.dumps({"space": "empty", "varied": ["max_grad_norm"], "epochs": 2}))
-    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [], "runner_data": {}, "stats": {}}))
-    return folder
 
 
 def test_an_empty_experiment_writes_every_table_summary_and_plot(tmp_path):

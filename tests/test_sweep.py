@@ -16,8 +16,9 @@ import pytest
 from ray import tune
 
 from study import metrics as m
-from study.data import load_corpus
-from study.sweep import experiment_exists, options_from_args, parse_args, run_sweep
+from study.train.data import load_corpus
+from study.sweep.tuner import experiment_exists
+from helpers import finish, run_cli, sweep
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +40,6 @@ def write_space(folder: Path, name: str, vary: str, epochs: int = 3, grace: int 
     return path
 
 
-def sweep(args: list[str], corpus, callbacks=None):
-    options = options_from_args(parse_args(args))
-    return options, run_sweep(options, corpus, callbacks)
 
 
 def tables(experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -127,17 +125,8 @@ def test_killed_worker_recovers_from_its_checkpoint_with_the_same_result(ray_ses
     assert hit_epochs[m.VALID_PPL].tolist() == pytest.approx(calm_epochs[m.VALID_PPL].tolist(), abs=1e-6)
 
 
-def run_cli(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "study.sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finish(process: subprocess.Popen, timeout: float = 600) -> str:
-    """The process's output once it ends; killed (never left behind) if it outlives `timeout`."""
-    try:
-        return process.communicate(timeout=timeout)[0]
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
 
 
 def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_session, tiny_corpus_dir, tmp_path):

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from study import metrics as m
 from study.config import make_config
-from study.data import load_corpus
-from study.train import Trainer, evaluate, sequence_cost, stream_windows
+from study.train.data import load_corpus
+from study.train.trainer import Trainer, evaluate, sequence_cost, stream_windows
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """An experiment folder as two tidy tables: one row per trial, one row per trial and epoch.
 
-    python -c "from study.collect import collect; print(collect('results/smoke')[0])"
+    python -c "from study.report.collect import collect; print(collect('results/smoke')[0])"
 
 Reads through study.experiment_reader (JSON and CSV only, nothing unpickled). The statuses:
 `completed` trained every epoch; `stopped_early` ASHA (or the trainable) ended it sooner; `diverged`
@@ -20,9 +20,11 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from study import metrics as m
-from study.comparison import SEED, Factor
+from study.report.comparison import SEED, Factor
+from study.config import flatten_cases
 from study.errors import UsageError
-from study.experiment_reader import (
+from study.tables import STUDY_FILE
+from study.report.reader import (
     UNREADABLE,
     Location,
     TrialState,
@@ -32,7 +34,6 @@ from study.experiment_reader import (
     read_trials,
 )
 
-STUDY_FILE = "study.json"  # written by study.sweep beside Ray's state
 PER_EPOCH = (*m.EPOCH_METRICS, m.TEST_PPL)
 
 
@@ -93,13 +94,8 @@ def load_experiment(experiment_dir: str | os.PathLike, *, storage_filesystem: pa
 def flatten_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """Ray's trial config with each `cases` group (a dict under a label) merged into the top level.
     Returns the flat config and {label: the keys its group sets}."""
-    flat = {key: _scalar(value) for key, value in config.items() if not isinstance(value, dict)}
-    groups = {}
-    for label, group in config.items():
-        if isinstance(group, dict):
-            groups[label] = list(group)
-            flat.update({key: _scalar(value) for key, value in group.items()})  # a case overrides a plain value
-    return flat, groups
+    flat, groups = flatten_cases(config)
+    return {key: _scalar(value) for key, value in flat.items()}, groups
 
 
 def _scalar(value: Any) -> Any:

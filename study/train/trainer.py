@@ -15,7 +15,6 @@ import argparse
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,14 +26,14 @@ import pandas as pd
 import torch
 
 from study import metrics as m
-from study.clipping import Clipper
+from study.train.clipping import Clipper
 from study.config import PRESETS, Precision, TrainConfig, add_config_arguments, make_config, overrides_from_args
-from study.data import DATA_ENV, Corpus, batchify, batches, load_corpus, num_batches
+from study.train.data import DATA_ENV, Corpus, batchify, batches, load_corpus, num_batches
 from study.errors import UsageError, main_with_errors
-from study.model import LSTMLanguageModel, State
-from study.outputs import check_output_file
-from study.schedules import make_schedule
-from study.state import check_identity, read_state, run_identity, save_state
+from study.train.model import LSTMLanguageModel, State
+from study.storage import check_output_file
+from study.train.schedules import make_schedule
+from study.train.state import check_identity, read_state, run_identity, save_state
 from study.tables import write_table
 
 # Longest slice of the test stream fed to the LSTM at once: bounds the [1, chunk, vocab] logits.
@@ -365,6 +364,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Test Perplexity: {rows[-1][m.TEST_PPL]:.3f}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,11 +22,11 @@ import torch
 from ray import tune
 
 from study import metrics as m
-from study.data import Corpus
-from study.prefix import SharingPlan, TrialPrefix
-from study.progress import progress_sender
-from study.spaces import trial_config
-from study.state import check_identity, read_state, run_identity, save_state
+from study.train import Corpus
+from study.sweep.prefix import SharingPlan, TrialPrefix
+from study.sweep.progress import progress_sender
+from study.sweep.spaces import trial_config
+from study.train import check_identity, read_state, run_identity, save_state
 from study.train import Trainer, set_threads
 
 STATE_FILE = "state.pt"

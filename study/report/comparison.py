@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from study.anova import SeedNoise, seed_noise
+from study.report.anova import SeedNoise, seed_noise
 
 STATUSES = ("completed", "stopped_early", "diverged", "error", "running", "pending")
 UNFINISHED = ("running", "pending")

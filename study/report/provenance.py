@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 import study
-from study.collect import Experiment
+from study.report.collect import Experiment
 from study.errors import UsageError
-from study.experiment_reader import child_location, filesystem_and_path, split_location
+from study.storage import child_location, filesystem_and_path, split_location
 from study.redact import redact
 from study.tables import TRIALS, read_provenance
 
@@ -57,14 +57,15 @@ def provenance(experiment: Experiment) -> dict[str, Any]:
 
 
 NOT_RECORDED = "unknown (not recorded at sweep time)"
-SOURCES = ("study/*.py", "search_spaces/*.yaml")  # what the hash covers, relative to the package's parent
+SOURCES = ("study/**/*.py", "search_spaces/*.yaml")  # what the hash covers, relative to the package's parent
 
 
-def source_hash() -> str:
-    """sha256 over the package's sources and shipped spaces (relative path and bytes of each file,
-    in sorted order): the same code gives the same hash in a checkout, an install or a Ray job's
-    unpacked working dir, with or without .git."""
-    root = Path(study.__file__).resolve().parent.parent
+def source_hash(root: Path | None = None) -> str:
+    """sha256 over the package's sources, every wing's included, and the shipped spaces (relative
+    path and bytes of each file, in sorted order): the same code gives the same hash in a checkout,
+    an install or a Ray job's unpacked working dir, with or without .git. `root`: the folder that
+    holds study/ (default: this package's)."""
+    root = root or Path(study.__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for path in sorted(path for pattern in SOURCES for path in root.glob(pattern)):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")

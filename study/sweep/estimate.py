@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, replace
@@ -29,8 +28,9 @@ import torch
 
 from study import metrics as m
 from study.config import TrainConfig
-from study.data import Corpus, cache_dir, num_batches
-from study.spaces import AshaSettings, Space
+from study.storage import write_bytes
+from study.train import Corpus, cache_dir, num_batches
+from study.sweep.spaces import AshaSettings, Space
 from study.train import Trainer, set_threads
 
 CACHE_FILE = "calibration.json"
@@ -181,10 +181,7 @@ def calibration(config: TrainConfig, corpus: Corpus | None, threads: int, device
         return "the trials use GPUs and this machine has none to time them on"
     timing = measure(config, corpus, threads, device)
     entries = {**(entries if isinstance(entries, dict) else {}), key: {**asdict(timing), "cached": False}}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(entries, indent=1))
-    os.replace(temporary, cache)  # never half a file, even with two plans at once
+    write_bytes(cache, json.dumps(entries, indent=1).encode())  # never half a file, even with two plans at once
     return timing
 
 

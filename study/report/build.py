@@ -40,14 +40,14 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from study import metrics as m
-from study import plots
-from study.collect import Experiment, load_experiment
-from study.comparison import Pivot, compare, factor_label, format_value, pivot, sampled_keys
+from study.report import plots
+from study.report.collect import Experiment, load_experiment
+from study.report.comparison import Pivot, compare, factor_label, format_value, pivot, sampled_keys
 from study.errors import main_with_errors
-from study.provenance import print_provenance, provenance
-from study.publish import publish, staging
+from study.report.provenance import print_provenance, provenance
+from study.report.publish import publish, staging
 from study.redact import redact
-from study.summary import summary as summary_text
+from study.report.summary import summary as summary_text
 from study.tables import COMPARISON, EPOCHS, SUMMARY, TRIALS, write_table
 
 
@@ -166,6 +166,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

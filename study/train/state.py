@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import warnings
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from study.errors import UsageError
+from study.storage import write_bytes
 
 FORMAT = "study-run-state/1"
 
@@ -82,10 +82,7 @@ def check_identity(found: dict[str, Any], expected: dict[str, Any], where: str) 
 
 def save_state(path: Path, state: dict[str, Any], identity: dict[str, Any]) -> None:
     """Write to a temporary name, then rename: a crash never leaves half a state."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(encode_state(state, identity))
-    os.replace(temporary, path)
+    write_bytes(path, encode_state(state, identity))
 
 
 def read_state(path: Path, where: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:

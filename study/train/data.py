@@ -1,6 +1,6 @@
 """Find, download, verify and read the Penn Treebank; vocabulary, id tensors and batches.
 
-    from study.data import load_corpus, batchify, batches
+    from study.train.data import load_corpus, batchify, batches
     corpus = load_corpus("../shared/data/ptb")        # or None: $STUDY_DATA_DIR, the cache, a download
     train = batchify(corpus.train, batch_size=20)     # [20, 46479] token ids
     for x, y in batches(train, num_steps=20): ...     # [20, 20] inputs, [20, 20] targets
@@ -35,7 +35,6 @@ import http.client
 import os
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -48,6 +47,7 @@ from typing import IO
 import torch
 
 from study.errors import UsageError
+from study.storage import replacing
 
 PTB_FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
 PTB_SHA256: dict[str, str] = {
@@ -335,9 +335,8 @@ def _download(url: str, needed: list[str], cache: Path, timeout: float) -> None:
 def _write_verified(source: IO[bytes], name: str, cache: Path) -> None:
     """Copy `source` (a binary file object) to cache/name if its sha256 is PTB's; else write nothing."""
     digest = hashlib.sha256()
-    handle, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=cache)
-    try:
-        with os.fdopen(handle, "wb") as out:
+    with replacing(cache / name) as temporary:
+        with open(temporary, "wb") as out:
             for chunk in iter(lambda: source.read(_CHUNK), b""):
                 digest.update(chunk)
                 out.write(chunk)
@@ -346,7 +345,3 @@ def _write_verified(source: IO[bytes], name: str, cache: Path) -> None:
             raise _DownloadError(f"{name}: download cut short, {source.length} bytes missing; refused")
         if digest.hexdigest() != PTB_SHA256[name]:
             raise _DownloadError(f"{name} has sha256 {digest.hexdigest()}, expected {PTB_SHA256[name]}; refused")
-        os.replace(temp, cache / name)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)

@@ -11,255 +11,37 @@ Trials that differ only in settings that act late train their shared first epoch
 (study/prefix.py, study/prefix_search.py); `--no-prefix-sharing` trains every trial from scratch.
 """
 
+
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
-import sys
-import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.fs as pafs
 import ray
 from ray import tune
 
 from study import metrics as m
-from study.capacity import (
+from study.sweep.capacity import (
     Node, autoscaling, check_address, check_capacity, check_resource_flag, check_shared_storage, live_nodes, trials_at_once,
 )
-from study.data import DATA_ENV, Corpus, load_corpus
+from study.train import DATA_ENV, load_corpus
 from study.errors import UsageError, main_with_errors
-from study.outputs import check_output_folder
-from study.estimate import Calibration, calibration, estimate_lines, trial_epochs
-from study.prefix import SharingPlan, epochs_saved
-from study.prefix_search import PrefixSearch
-from study.progress import SweepProgress, quiet_ray, start_board
+from study.sweep.progress import SweepProgress, quiet_ray, start_board
 from study.redact import redact
-from study.collect import STUDY_FILE
-from study.experiment_reader import child_location, filesystem_and_path
-from study.provenance import code_versions, git_state
-from study.report import ReportFailed, write_report
-from study.spaces import Space, load_space, trial_config
-from study.trainable import train_trial, trial_threads
+from study.sweep.space_file import load_space
+from study.sweep.spaces import trial_config
 from study.train import available_cpus
 
 
 
-@dataclass(frozen=True)
-class SweepOptions:
-    space: Space
-    epochs: int
-    storage: str  # a local folder or a URI Ray accepts (s3://, gs://, file://)
-    cpus_per_trial: float
-    gpus_per_trial: float
-    num_samples: int
-    max_failures: int = 2
-    resume: bool = False
-    verbose: bool = False  # Ray's own console output instead of study.progress's view
-    prefix_sharing: bool = True  # train each shared prefix once (study/prefix.py)
-
-    @property
-    def experiment(self) -> str:
-        return child_location(self.storage, self.space.name)
-
-    def sharing(self) -> SharingPlan | None:
-        """The sweep's shared prefixes; None with --no-prefix-sharing or when no two trials share one."""
-        if not self.prefix_sharing:
-            return None
-        return SharingPlan.for_sweep(self.space, self.epochs, self.num_samples, self.experiment)
-
-
-def storage_uri(path: str) -> str:
-    """Ray wants an absolute local path or a URI; relative paths are taken from the current folder."""
-    return path if "://" in path else str(Path(path).resolve())
-
-
-def ray_storage(storage: str) -> tuple[str, pafs.FileSystem | None]:
-    """Where Ray keeps the experiment: a URI goes as its filesystem and a bare path, so that the
-    credentials a URI may carry stay out of the paths Ray writes into its own files."""
-    if "://" not in storage or storage.startswith("file://"):
-        return storage, None
-    filesystem, path = pafs.FileSystem.from_uri(storage)
-    return path, filesystem
-
-
-STORAGE_TIMEOUT_S = 20.0
-
-
-def check_storage(storage: str) -> None:
-    """Refuse in one line, before anything starts, a --storage that cannot hold the results: a URI
-    pyarrow cannot open, a store that does not answer within STORAGE_TIMEOUT_S, a local path below a
-    file or in a folder this user cannot write."""
-    allowed = "a folder, or a URI pyarrow opens (file://, s3://bucket/path, gs://bucket/path; options after ?)"
-    try:
-        filesystem, root = filesystem_and_path(storage)
-    except (pa.ArrowException, ValueError, OSError) as error:
-        raise UsageError(f"--storage {redact(storage)}: {redact(str(error).splitlines()[0])}; allowed: {allowed}") from None
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        check_output_folder(root, "--storage")
-        return
-    answer: list[BaseException | None] = []
-    probe = threading.Thread(target=lambda: answer.append(_reach(filesystem, root)), daemon=True)
-    probe.start()
-    probe.join(STORAGE_TIMEOUT_S)
-    if not answer:
-        raise UsageError(f"--storage {redact(storage)}: no answer within {STORAGE_TIMEOUT_S:g} s; check the endpoint and the network")
-    if answer[0] is not None:
-        raise UsageError(f"--storage {redact(storage)}: {redact(str(answer[0]).splitlines()[0])}")
-
-
-def _reach(filesystem: pafs.FileSystem, root: str) -> BaseException | None:
-    try:
-        filesystem.get_file_info(root)
-    except Exception as error:  # whatever the store says (refused, denied, no such bucket) goes into the line
-        return error
-    return None
-
-
-def experiment_exists(experiment: str) -> bool:
-    """Whether `experiment` holds a sweep that --resume can continue: Ray's tuner.pkl is there."""
-    return tune.Tuner.can_restore(experiment)
-
-
-def experiment_started(experiment: str) -> bool:
-    """Whether a sweep began in `experiment` (its folder exists), resumable or not."""
-    filesystem, root = filesystem_and_path(experiment)
-    return filesystem.get_file_info(root).type != pafs.FileType.NotFound
-
-
-def read_study_file(experiment: str) -> dict:
-    """study.json of `experiment` ({} when absent or unreadable: then nothing is checked against it)."""
-    filesystem, root = filesystem_and_path(experiment)
-    try:
-        with filesystem.open_input_stream(f"{root}/{STUDY_FILE}") as stream:
-            study = json.loads(stream.read())
-    except (OSError, ValueError):
-        return {}
-    return study if isinstance(study, dict) else {}
-
-
-def plan_timing(options: SweepOptions, corpus: Corpus | None) -> Calibration | str:
-    """Seconds per epoch of one trial here: cached, or timed on `corpus` with a trial's threads and device."""
-    threads = trial_threads({"CPU": options.cpus_per_trial})
-    return calibration(options.space.base_config(), corpus, threads, "cuda" if options.gpus_per_trial else "cpu")
-
-
-def saved_by_sharing(options: SweepOptions) -> int:
-    """Trial-epochs that shared prefixes train once instead of once per trial; 0 with --no-prefix-sharing."""
-    return epochs_saved(options.space, options.epochs, options.num_samples) if options.prefix_sharing else 0
-
-
-def plan(
-    options: SweepOptions,
-    nodes: list[Node] | None,  # the Ray's live nodes; None before joining a cluster
-    timing: Calibration | str | None = None,
-    shared_epochs_saved: int = 0,  # trial-epochs that shared prefixes train once (study/prefix.py)
-) -> str:
-    """What the sweep will do, printed before it starts (and alone with --dry-run)."""
-    space = options.space
-    trials = space.trial_count(options.num_samples)
-    at_once = trials_at_once(options.cpus_per_trial, options.gpus_per_trial, nodes)
-    concurrency = "?" if at_once is None else str(at_once)
-    cluster_cpus = sum(node.cpus for node in nodes) if nodes else None
-    cluster_gpus = sum(node.gpus for node in nodes) if nodes else None
-    lines = [
-        f"Study '{space.name}' ({space.path}): {space.description.strip()}",
-        f"  preset {space.preset}, {options.epochs} epochs per trial, varying {', '.join(space.varied_keys()) or 'nothing'}",
-        f"  trials: {trials}, ASHA on {m.OBJECTIVE} ({m.MODE}) with rungs at epochs {space.rungs(options.epochs)} "
-        f"(grace period {space.scheduler.grace_period}, reduction factor {space.scheduler.reduction_factor}, "
-        f"brackets {space.scheduler.brackets}, max_t {options.epochs})",
-        f"  resources per trial: {options.cpus_per_trial:g} CPU, {options.gpus_per_trial:g} GPU; "
-        f"{concurrency} trials at once on {'?' if cluster_cpus is None else f'{cluster_cpus:g}'} CPUs and "
-        f"{'?' if cluster_gpus is None else f'{cluster_gpus:g}'} GPUs" + (f" ({len(nodes)} nodes)" if nodes and len(nodes) > 1 else ""),
-        f"  retries per trial: {options.max_failures}; results: {options.experiment}" + (" (resuming)" if options.resume else ""),
-    ]
-    counts = trial_epochs(space, options.epochs, options.num_samples, shared_epochs_saved)
-    lines += estimate_lines(counts, timing, at_once)
-    warning = space.decay_warning(options.epochs)
-    if warning:
-        lines.append(f"WARNING: {warning}")
-    return "\n".join(lines)
-
-
-def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Callback] | None = None) -> tune.Tuner:
-    space = options.space
-    sharing = options.sharing()
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, corpus=corpus, preset=space.preset, sharing=sharing),
-        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
-    )
-    path, filesystem = ray_storage(options.storage)
-    if options.resume:
-        tuner = tune.Tuner.restore(
-            child_location(path, space.name) if filesystem else options.experiment, trainable,
-            resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem,
-        )
-        # tuner.pkl holds the first run's RunConfig: this run's callbacks and verbosity replace its own.
-        run_config = tuner._local_tuner.get_run_config()
-        run_config.callbacks, run_config.verbose = callbacks, None if options.verbose else 0
-        return tuner
-    return tune.Tuner(
-        trainable,
-        param_space=space.param_space(options.epochs),
-        tune_config=tune.TuneConfig(
-            scheduler=space.asha(options.epochs), num_samples=options.num_samples,
-            search_alg=PrefixSearch(sharing) if sharing else None,
-        ),
-        run_config=tune.RunConfig(
-            name=space.name,
-            storage_path=path,
-            storage_filesystem=filesystem,
-            failure_config=tune.FailureConfig(max_failures=options.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks,
-            verbose=None if options.verbose else 0,  # 0: study.progress draws the progress instead
-        ),
-    )
-
-
-def write_study_file(options: SweepOptions, corpus: Corpus, resume_with: str | None = None) -> None:
-    """The study's own description beside Ray's state: what the report reads for provenance, and
-    what --resume holds a continued sweep to. Written whole under a temporary name, then renamed."""
-    filesystem, root = filesystem_and_path(options.experiment)
-    filesystem.create_dir(root, recursive=True)
-    study = {
-        "space": options.space.name,
-        "space_text": options.space.text,
-        "preset": options.space.preset,
-        "epochs": options.epochs,
-        "seeds": list(options.space.seeds) if options.space.seeds else None,
-        "num_samples": options.num_samples,
-        "prefix_sharing": options.prefix_sharing,
-        "resume_command": redact(resume_with) if resume_with else None,
-        "varied": options.space.varied_keys(),
-        "data_sha256": corpus.sha256,
-        "versions": code_versions(),  # at sweep time: the code that trained, not the one that reports
-        **git_state(),
-    }
-    with filesystem.open_output_stream(f"{root}/{STUDY_FILE}.partial") as stream:
-        stream.write(json.dumps(study, indent=2).encode())
-    filesystem.move(f"{root}/{STUDY_FILE}.partial", f"{root}/{STUDY_FILE}")
-
-
-def run_sweep(
-    options: SweepOptions, corpus: Corpus, callbacks: list[tune.Callback] | None = None, resume_with: str | None = None,
-) -> tune.ResultGrid:
-    """Fit (or resume) the study on the Ray that is connected, then refresh its report.
-    `resume_with`: the command that continues it, kept in study.json for the report."""
-    if not options.resume:
-        write_study_file(options, corpus, resume_with)
-    results = build_tuner(options, corpus, callbacks).fit()
-    try:
-        write_report(options.experiment)
-    except ReportFailed as error:  # the tables are written; the sweep still ends non-zero
-        print(f"error: {redact(str(error))}", file=sys.stderr)
-        results.report_failure = str(error)
-    return results
+from study.sweep.tuner import (
+    SweepOptions, check_storage, experiment_exists, experiment_started, plan, plan_timing, read_study_file,
+    run_sweep, saved_by_sharing, storage_uri,
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -462,6 +244,3 @@ def closing_summary(options: SweepOptions, results: tune.ResultGrid, resume_with
     lines.append(f"TensorBoard: tensorboard --logdir {options.experiment}")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from study.experiment_reader import Location
+from study.report.reader import Location
 
 STAGE_PREFIX = ".report-"
 STALE_AFTER_S = 24 * 3600  # a stage of another host, whose process cannot be asked, is stale after a day

@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,6 +33,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from study.errors import UsageError
+from study.storage import child_location, filesystem_and_path
 
 EXPECTED = "expected the folder of one Ray Tune experiment as study.sweep leaves it (<storage>/<study>/ with experiment_state-*.json)"
 RESULT_FILE, PROGRESS_FILE, PARAMS_FILE = "result.json", "progress.csv", "params.json"
@@ -74,31 +74,6 @@ class TrialState:
     last_result: dict[str, Any]
     problem: str | None = None  # why the trial's entry cannot be read (status UNREADABLE)
     num_failures: int = 0  # times its worker failed (Ray retried it after each, up to max_failures)
-
-
-def filesystem_and_path(target: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and path of a local path or a URI (file://, s3://, gs://, ...)."""
-    if "://" in target:
-        return pafs.FileSystem.from_uri(target)
-    return pafs.LocalFileSystem(), Path(target).expanduser().resolve().as_posix()
-
-
-def child_location(location: str, name: str) -> str:
-    """`location`/`name` for a folder or a URI; a URI keeps its query (s3://bucket/path?endpoint_override=…)."""
-    if "://" not in location:
-        return f"{location.rstrip('/')}/{name}"
-    parts = urllib.parse.urlsplit(location)
-    return urllib.parse.urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
-
-
-def split_location(location: str) -> tuple[str, str]:
-    """(parent, name) of a folder or a URI, the inverse of `child_location`."""
-    if "://" not in location:
-        parent, _, name = location.rstrip("/").rpartition("/")
-        return parent or ".", name
-    parts = urllib.parse.urlsplit(location)
-    parent, _, name = parts.path.rstrip("/").rpartition("/")
-    return urllib.parse.urlunsplit(parts._replace(path=parent)), name
 
 
 def locate(experiment_dir: str | os.PathLike, storage_filesystem: pafs.FileSystem | None = None) -> Location:

@@ -33,8 +33,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from study import metrics as m
-from study.estimate import Calibration, brackets, expected_epochs, format_duration
-from study.spaces import Space, trial_config
+from study.sweep.estimate import Calibration, brackets, expected_epochs, format_duration
+from study.sweep.spaces import Space, trial_config
 from study.train import EpochProgress
 
 BOARD = "study-progress"  # the board actor's name in the sweep's Ray namespace

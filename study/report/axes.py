@@ -1,6 +1,6 @@
 """Axes and colours for the report's plots: a scale that suits the values, tick labels that never overlap.
 
-    python -c "from study.axes import numeric_axis; print(numeric_axis([0, 0.9]))"   # linear: 0 has no log
+    python -c "from study.report.axes import numeric_axis; print(numeric_axis([0, 0.9]))"   # linear: 0 has no log
 
 study.plots draws; this module decides where values go. A numeric setting goes on a log axis when
 every value is positive and they span a decade or more (clipping thresholds 0.1..10), on a

@@ -10,7 +10,6 @@ the Agg renderer, each under a temporary name and renamed into place. A setting 
 from __future__ import annotations
 
 import math
-import os
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from study import metrics as m
-from study.axes import colours, epoch_axis, log_y, no_data, numeric_axis, place_ticks, value_colours
+from study.storage import replacing
+from study.report.axes import colours, epoch_axis, log_y, no_data, numeric_axis, place_ticks, value_colours
 
 DPI = 110
 FILES = {
@@ -69,12 +69,8 @@ def write_all(folder: Path, data: PlotData) -> dict[str, str]:
 
 
 def save(figure: Figure, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
+    with replacing(path) as temporary:
         figure.savefig(temporary, format="png", dpi=DPI)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def heatmap(data: PlotData) -> Figure:

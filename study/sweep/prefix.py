@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -33,10 +32,10 @@ import pyarrow.fs as pafs
 
 from study import metrics as m
 from study.config import TrainConfig
-from study.experiment_reader import child_location, filesystem_and_path
-from study.schedules import late_settings
-from study.spaces import SAMPLED, Space, trial_config
-from study.state import StateError, check_identity, decode_state, encode_state
+from study.storage import child_location, filesystem_and_path, write_bytes
+from study.train import late_settings
+from study.sweep.spaces import SAMPLED, Space, trial_config
+from study.train import StateError, check_identity, decode_state, encode_state
 
 FOLDER = "prefixes"  # inside the experiment folder
 REPORTS = "prefix_reports"  # in a trial's checkpoint: its reports of the prefix epochs, until it stores them
@@ -132,12 +131,8 @@ class SharingPlan:
         """Write the prefix whole: to a temporary name, then renamed (on object stores the upload
         becomes visible only once complete). Trials of a group store the same state; the last wins."""
         filesystem, path = filesystem_and_path(self._file(key))
-        folder = path.rpartition("/")[0]
-        filesystem.create_dir(folder, recursive=True)
-        temporary = f"{folder}/.{key}.{uuid.uuid4().hex}.tmp"
-        with filesystem.open_output_stream(temporary) as stream:
-            stream.write(encode_state(stored, identity))
-        filesystem.move(temporary, path)
+        filesystem.create_dir(path.rpartition("/")[0], recursive=True)
+        write_bytes(path, encode_state(stored, identity), filesystem)
 
     def load(self, key: str, identity: dict[str, Any]) -> dict[str, Any] | None:
         """The stored prefix: {"run": its run state, "reports": its epochs' reports, "trial": the

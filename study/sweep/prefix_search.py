@@ -19,7 +19,6 @@ ended after the saved state was written.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,9 @@ from ray.tune.experiment import Trial
 from ray.tune.search import BasicVariantGenerator, SearchAlgorithm
 
 from study import metrics as m
-from study.prefix import SharingPlan
-from study.spaces import trial_config
+from study.storage import write_bytes
+from study.sweep.prefix import SharingPlan
+from study.sweep.spaces import trial_config
 
 STATE_FILE = "prefix-search-state-{}.pkl"  # beside Tune's experiment state; {} is Tune's session
 
@@ -105,10 +105,7 @@ class PrefixSearch(SearchAlgorithm):
     def save_to_dir(self, dirpath: str, session_str: str) -> None:
         # Not whether Tune stopped the search: a resumed sweep goes on with it.
         state = {**{k: v for k, v in self.__dict__.items() if k != "_finished"}, "_grid": self._grid.get_state()}
-        path = Path(dirpath, STATE_FILE.format(session_str))
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_bytes(cloudpickle.dumps(state))
-        os.replace(temporary, path)  # never half a state
+        write_bytes(Path(dirpath, STATE_FILE.format(session_str)), cloudpickle.dumps(state))  # never half a state
 
     def restore_from_dir(self, dirpath: str) -> None:
         # Only `--resume` gets here, inside Ray's own restore, which unpickles tuner.pkl and Tune's

@@ -14,12 +14,12 @@ from pathlib import Path
 import pandas as pd
 
 from study import metrics as m
-from study.anova import interaction
-from study.comparison import RANKED, STATUSES, UNFINISHED, Pivot, format_value, noise_of, sampled_keys, setting_keys
-from study.collect import STUDY_FILE, Experiment
-from study.experiment_reader import split_location
-from study.provenance import space_description
-from study.tables import COMPARISON, EPOCHS, TRIALS
+from study.report.anova import interaction
+from study.report.comparison import RANKED, STATUSES, UNFINISHED, Pivot, format_value, noise_of, sampled_keys, setting_keys
+from study.report.collect import Experiment
+from study.storage import split_location
+from study.report.provenance import space_description
+from study.tables import COMPARISON, EPOCHS, STUDY_FILE, TRIALS
 
 
 def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictures: dict[str, str]) -> str:
