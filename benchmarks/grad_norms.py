@@ -16,8 +16,7 @@ import torch
 
 import study.train.clipping
 from study.config import make_config
-from study.train.data import load_corpus
-from study.train.trainer import Trainer, set_threads
+from study.train import Trainer, load_corpus, set_threads
 
 EXACT = study.train.clipping.squared_norms
 
@@ -30,13 +29,10 @@ def float32_kernel_squared_norms(grads: list[torch.Tensor]) -> torch.Tensor:
 VARIANTS = {"exact (block sums)": EXACT, "float32 kernels": float32_kernel_squared_norms}
 
 
-def window(trainer: Trainer, data: torch.Tensor, steps: int) -> float:
-    """Words/s of `steps` training steps through the trainer's own epoch loop."""
-    config = trainer.config
-    trainer.train_data, trainer.steps_per_epoch = data[:, : steps * config.num_steps + 1], steps
-    started = time.perf_counter()
-    trainer._train_epoch()
-    return steps * config.batch_size * config.num_steps / (time.perf_counter() - started)
+def window(trainer: Trainer, steps: int) -> float:
+    """Words/s of an epoch's first `steps` training steps."""
+    words, seconds = trainer.train_steps(steps)
+    return words / seconds
 
 
 def clip_seconds(trainer: Trainer, repeats: int) -> dict[str, float]:
@@ -64,15 +60,15 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
     trainer = Trainer(make_config(preset=args.preset), load_corpus(args.data_dir))
-    data = trainer.train_data
+    steps = min(args.steps, trainer.steps_per_epoch)
     speeds: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    window(trainer, data, 20)  # warm-up
+    window(trainer, min(20, trainer.steps_per_epoch))  # warm-up
     for _ in range(args.windows):
         for name, squared_norms in VARIANTS.items():
             study.train.clipping.squared_norms = squared_norms
-            speeds[name].append(window(trainer, data, args.steps))
+            speeds[name].append(window(trainer, steps))
     study.train.clipping.squared_norms = EXACT
-    print(f"preset {args.preset}, {args.threads} threads, {args.windows} windows of {args.steps} steps each, taking turns")
+    print(f"preset {args.preset}, {args.threads} threads, {args.windows} windows of {steps} steps each, taking turns")
     for name, own in speeds.items():
         print(f"{name:>22}: {statistics.median(own):,.0f} words/s median (range {min(own):,.0f}-{max(own):,.0f})")
     ratios = [a / b for a, b in zip(*speeds.values())]

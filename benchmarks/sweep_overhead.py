@@ -16,9 +16,9 @@ import time
 import pandas as pd
 import ray
 
-from study.train.data import load_corpus
 from study.sweep.cli import options_from_args, parse_args
 from study.sweep.tuner import run_sweep
+from study.train.data import load_corpus
 
 
 def main() -> None:
@@ -39,8 +39,10 @@ def main() -> None:
     concurrency = min(args.cpus // options.cpus_per_trial, len(trials))
     training = trials["seconds"].sum()
     ideal = training / concurrency
-    print(f"{len(trials)} trials at concurrency {concurrency:g}: wall {wall:.1f} s, trials' own time {training:.1f} s "
-          f"(ideal wall {ideal:.1f} s); overhead {wall - ideal:.1f} s = {(wall - ideal) / len(trials):.1f} s per trial")
+    print(
+        f"{len(trials)} trials at concurrency {concurrency:g}: wall {wall:.1f} s, trials' own time {training:.1f} s "
+        f"(ideal wall {ideal:.1f} s); overhead {wall - ideal:.1f} s = {(wall - ideal) / len(trials):.1f} s per trial"
+    )
 
 
 if __name__ == "__main__":

@@ -1,3 +1,3 @@
 """study: how gradient clipping and learning-rate decay shape the training of the Zaremba PTB LSTM."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -20,10 +20,8 @@ import time
 import torch
 
 from study.config import PRESETS, make_config
-from study.train import load_corpus
 from study.errors import UsageError, main_with_errors
-from study.train import Trainer, available_cpus, select_device, set_threads
-
+from study.train import Trainer, available_cpus, load_corpus, select_device, set_threads
 
 PRECISIONS = {"fp32": ("fp32",), "bf16": ("bf16",), "both": ("fp32", "bf16")}  # --precision -> the runs timed
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -43,33 +41,33 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, size: 
 
 
 def training_speeds(trainers: list[Trainer], steps: int, windows: int) -> list[list[float]]:
-    """Words/s of `windows` windows of `steps` training steps for each trainer, through its own epoch
-    loop, after a warm-up; the trainers take turns window by window. Several windows, because a
-    shared machine's speed drifts by 10% and more from one minute to the next: their median and
-    range say how much, and taking turns puts every trainer through the same drift."""
-    full = [trainer.train_data for trainer in trainers]  # [batch, batch_len] each
+    """Words/s of `windows` windows of `steps` training steps for each trainer, each window an
+    epoch's first steps (Trainer.train_steps), after a warm-up; the trainers take turns window by
+    window. Several windows, because a shared machine's speed drifts by 10% and more from one minute
+    to the next: their median and range say how much, and taking turns puts every trainer through
+    the same drift."""
     warmup = min(20, trainers[0].steps_per_epoch)  # a pass that warms up the allocator and oneDNN's kernels
     speeds: list[list[float]] = [[] for _ in trainers]
     for count in [warmup] + [steps] * windows:
-        for trainer, data, own in zip(trainers, full, speeds):
-            config = trainer.config
-            trainer.train_data = data[:, : count * config.num_steps + 1]  # [batch, count steps + 1]
-            trainer.steps_per_epoch = count
-            started = time.perf_counter()
-            trainer._train_epoch()
-            own.append(count * config.batch_size * config.num_steps / (time.perf_counter() - started))
+        for trainer, own in zip(trainers, speeds):
+            words, seconds = trainer.train_steps(count)
+            own.append(words / seconds)
     return [own[1:] for own in speeds]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m study.bench", allow_abbrev=False, description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m study.bench", allow_abbrev=False, description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--preset", default="small", choices=list(PRESETS))
     parser.add_argument("--data-dir", help="folder with ptb.{train,valid,test}.txt")
     parser.add_argument("--threads", type=int, default=available_cpus())
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--steps", type=int, default=50, help="training steps per timed window (default 50)")
     parser.add_argument("--windows", type=int, default=6, help="timed windows (default 6)")
-    parser.add_argument("--precision", default="fp32", help="fp32, bf16, or both taking turns window by window (default fp32)")
+    parser.add_argument(
+        "--precision", default="fp32", help="fp32, bf16, or both taking turns window by window (default fp32)"
+    )
     return parser.parse_args(argv)
 
 
@@ -97,21 +95,29 @@ def main(argv: list[str] | None = None) -> int:
         achieved = words_per_sec * flops_per_word
         peak = matmul_peak(device, DTYPES[precision])
         label = f" {precision}" if both else ""
-        print(f"training{label}:{'' if both else '  '} {words_per_sec:,.0f} words/s, median of {len(own)} windows of {steps} steps "
-              f"(range {min(own):,.0f}-{max(own):,.0f}); {flops_per_word / 1e6:.1f} MFLOP/word -> {achieved / 1e9:.1f} GFLOP/s")
-        print(f"matmul peak{label}: {peak / 1e9:.1f} GFLOP/s ({str(DTYPES[precision]).removeprefix('torch.')} 2048x2048); "
-              f"training reaches {achieved / peak:.0%} of it")
+        print(
+            f"training{label}:{'' if both else '  '} {words_per_sec:,.0f} words/s, median of {len(own)} windows of {steps} steps "
+            f"(range {min(own):,.0f}-{max(own):,.0f}); {flops_per_word / 1e6:.1f} MFLOP/word -> {achieved / 1e9:.1f} GFLOP/s"
+        )
+        print(
+            f"matmul peak{label}: {peak / 1e9:.1f} GFLOP/s ({str(DTYPES[precision]).removeprefix('torch.')} 2048x2048); "
+            f"training reaches {achieved / peak:.0%} of it"
+        )
     if both:
         pairs = [bf16 / fp32 for fp32, bf16 in zip(*speeds)]
-        print(f"bf16 / fp32: {statistics.median(speeds[1]) / statistics.median(speeds[0]):.2f}x words/s "
-              f"(window by window {min(pairs):.2f}-{max(pairs):.2f}x)")
+        print(
+            f"bf16 / fp32: {statistics.median(speeds[1]) / statistics.median(speeds[0]):.2f}x words/s "
+            f"(window by window {min(pairs):.2f}-{max(pairs):.2f}x)"
+        )
     for precision, trainer in zip(precisions, trainers):
         started = time.perf_counter()
         test_ppl = trainer.test()
         seconds, words = time.perf_counter() - started, len(trainer.test_ids)
         label = f" {precision}" if both else ""
-        print(f"test set{label}:{'' if both else '  '} {words:,} words evaluated in {seconds:.1f} s at batch size 1 "
-              f"({(words - 1) / seconds:,.0f} words/s; untrained perplexity {test_ppl:.0f})")
+        print(
+            f"test set{label}:{'' if both else '  '} {words:,} words evaluated in {seconds:.1f} s at batch size 1 "
+            f"({(words - 1) / seconds:,.0f} words/s; untrained perplexity {test_ppl:.0f})"
+        )
     return 0
 
 

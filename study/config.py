@@ -49,24 +49,28 @@ class TrainConfig(BaseModel):
     decay_start: int = Field(4, ge=0, description="zaremba: epochs at the initial rate (TF max_epoch)")
     decay_steps: int = Field(2000, ge=1, description="exponential: steps per factor of lr_decay")
     staircase: bool = Field(False, description="exponential: decay in whole steps of decay_steps")
-    plateau_patience: int = Field(
-        0, ge=0, description="plateau: epochs without validation improvement before decaying"
-    )
+    plateau_patience: int = Field(0, ge=0, description="plateau: epochs without validation improvement before decaying")
 
     # Gradient clipping.
     clip_mode: ClipMode = Field("global_norm", description="gradient clipping strategy")
     max_grad_norm: float = Field(
-        5.0, gt=0, allow_inf_nan=True, description="clipping threshold c (norm, or value for 'value'); inf disables clipping"
+        5.0,
+        gt=0,
+        allow_inf_nan=True,
+        description="clipping threshold c (norm, or value for 'value'); inf disables clipping",
     )
     clip_percentile: float = Field(10.0, gt=0, le=100, description="adaptive: percentile of past norms used as c")
 
     # Data and randomness.
     max_words: int = Field(0, ge=0, description="use only the first N words of each split, 0 for all")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of initialisation and dropout (numpy takes 0 .. 2**32 - 1)")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="seed of initialisation and dropout (numpy takes 0 .. 2**32 - 1)"
+    )
 
     # Arithmetic.
     precision: Precision = Field(
-        "fp32", description="bf16: matrix products in bfloat16 (autocast); weights, cost, gradient norms and clipping stay float32"
+        "fp32",
+        description="bf16: matrix products in bfloat16 (autocast); weights, cost, gradient norms and clipping stay float32",
     )
 
     @field_validator("*", mode="before")
@@ -99,16 +103,32 @@ class TrainConfig(BaseModel):
 PRESETS: dict[str, TrainConfig] = {
     "small": TrainConfig(),
     "medium": TrainConfig(
-        hidden_size=650, num_steps=35, init_scale=0.05, keep_prob=0.5,
-        epochs=39, decay_start=6, lr_decay=0.8,
+        hidden_size=650,
+        num_steps=35,
+        init_scale=0.05,
+        keep_prob=0.5,
+        epochs=39,
+        decay_start=6,
+        lr_decay=0.8,
     ),
     "large": TrainConfig(
-        hidden_size=1500, num_steps=35, init_scale=0.04, keep_prob=0.35,
-        epochs=55, decay_start=14, lr_decay=1 / 1.15, max_grad_norm=10.0,
+        hidden_size=1500,
+        num_steps=35,
+        init_scale=0.04,
+        keep_prob=0.35,
+        epochs=55,
+        decay_start=14,
+        lr_decay=1 / 1.15,
+        max_grad_norm=10.0,
     ),
     # Tiny and quick: for tests and smoke sweeps, not for results.
     "test": TrainConfig(
-        num_layers=1, hidden_size=16, num_steps=5, batch_size=4, epochs=3, decay_start=1,
+        num_layers=1,
+        hidden_size=16,
+        num_steps=5,
+        batch_size=4,
+        epochs=3,
+        decay_start=1,
         max_words=4000,
     ),
 }
@@ -120,9 +140,7 @@ def make_config(overrides: dict[str, Any] | None = None, preset: str = "small", 
         raise UsageError(f"{where}: unknown preset '{preset}', choose one of {', '.join(PRESETS)}")
     unknown = sorted(set(overrides or {}) - set(TrainConfig.model_fields))
     if unknown:
-        raise UsageError(
-            f"{where}: unknown key '{unknown[0]}', allowed keys: {', '.join(TrainConfig.model_fields)}"
-        )
+        raise UsageError(f"{where}: unknown key '{unknown[0]}', allowed keys: {', '.join(TrainConfig.model_fields)}")
     values = {**PRESETS[preset].model_dump(), **(overrides or {})}
     try:
         return TrainConfig.model_validate(values)
@@ -139,11 +157,21 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default = PRESETS["small"].model_dump()[name]
         help_text = f"{field.description} (small: {default})"
         if field.annotation is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
             continue
         choices = get_args(field.annotation) if get_origin(field.annotation) is Literal else None
         kind = str if choices else field.annotation
-        group.add_argument(flag, dest=name, type=kind, choices=choices, default=argparse.SUPPRESS, help=help_text, metavar=None if choices else name.upper())
+        group.add_argument(
+            flag,
+            dest=name,
+            type=kind,
+            choices=choices,
+            default=argparse.SUPPRESS,
+            help=help_text,
+            metavar=None if choices else name.upper(),
+        )
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -170,4 +198,3 @@ def flatten_cases(tune_config: dict[str, Any]) -> tuple[dict[str, Any], dict[str
             set_by[key] = label
             flat[key] = value
     return flat, groups
-

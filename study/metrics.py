@@ -1,4 +1,4 @@
-"""Metric names, defined once: the trainer reports them, the scheduler ranks by them, the report reads them."""
+"""Metric names and trial statuses, defined once: the trainer reports them, the scheduler ranks by them, the report reads them."""
 
 EPOCH = "epoch"
 LR = "lr"
@@ -19,13 +19,40 @@ GRAD_METRICS = (GRAD_NORM_MEAN, GRAD_NORM_P50, GRAD_NORM_P90, GRAD_NORM_MAX, CLI
 
 # Every epoch's report has these; the last report of a finished run adds TEST_PPL.
 EPOCH_METRICS = (
-    EPOCH, LR, TRAIN_PPL, VALID_PPL, *GRAD_METRICS, WORDS_PER_SEC, EPOCH_SECONDS, DIVERGED,
+    EPOCH,
+    LR,
+    TRAIN_PPL,
+    VALID_PPL,
+    *GRAD_METRICS,
+    WORDS_PER_SEC,
+    EPOCH_SECONDS,
+    DIVERGED,
 )
 
 # The trainable adds it to every report: True for an epoch the trial took from a shared prefix
-# (study/prefix.py) instead of training it; its seconds were spent by the trial that trained it.
+# (study/sweep/prefix.py) instead of training it; its seconds were spent by the trial that trained it.
 SHARED_PREFIX = "shared_prefix"
 
 # What ASHA and the report rank trials by.
 OBJECTIVE = VALID_PPL
 MODE = "min"
+
+# A trial's status: the `status` column of trials.parquet, the counts in summary.md and the live
+# view's trials, with what each means (study.report.collect decides it from Ray's state). The metric
+# DIVERGED names the status of a trial whose loss became NaN or infinite.
+COMPLETED = "completed"
+STOPPED_EARLY = "stopped_early"
+ERROR = "error"
+RUNNING = "running"
+PENDING = "pending"
+STATUSES = {
+    COMPLETED: "trained every epoch",
+    STOPPED_EARLY: "ASHA (or the trainable) ended it sooner",
+    DIVERGED: "its loss became NaN or infinite (it stops at once)",
+    ERROR: "Ray marked it failed after its retries, or its entry in Ray's state cannot be read",
+    RUNNING: "started and not finished (still running, or interrupted)",
+    PENDING: "not started",
+}
+FINISHED = (COMPLETED, STOPPED_EARLY, DIVERGED, ERROR)
+UNFINISHED = (RUNNING, PENDING)
+RANKED = (COMPLETED, STOPPED_EARLY)  # the trials whose perplexity enters a setting's statistics

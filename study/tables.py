@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from study.storage import replacing
 
-METADATA_KEY = b"study.provenance"
+METADATA_KEY = b"study.report.provenance"
 # The report's files in an experiment folder (study.report).
 TRIALS, EPOCHS, COMPARISON, SUMMARY = "trials.parquet", "epochs.parquet", "comparison.parquet", "summary.md"
 STUDY_FILE = "study.json"  # written by study.sweep beside Ray's state: the study as planned, read by the report

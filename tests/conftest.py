@@ -3,15 +3,13 @@
 from pathlib import Path
 
 import pytest
+
 from helpers import tiny_text
 
 _ROOT = Path(__file__).resolve().parents[1]
 # The project's CI machines carry PTB beside the checkout (../shared) or inside it (shared/).
 _PTB_CANDIDATES = (_ROOT.parent / "shared" / "data" / "ptb", _ROOT / "shared" / "data" / "ptb")
 _PTB_NAMES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
-
-
-
 
 
 @pytest.fixture(scope="session")

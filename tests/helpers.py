@@ -25,19 +25,23 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> str:
 
 
 def run_cli(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "study.sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "study.sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def sweep(args: list[str], corpus, callbacks=None):
     options = options_from_args(parse_args(args))
-    return options, run_sweep(options, corpus, callbacks)
+    return options, run_sweep(options, corpus, callbacks).results
 
 
 def empty_experiment(folder: Path) -> Path:
     """An experiment before any trial was created: study.json and Ray's state with no trials."""
     folder.mkdir()
     (folder / "study.json").write_text(json.dumps({"space": "empty", "varied": ["max_grad_norm"], "epochs": 2}))
-    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps({"trial_data": [], "runner_data": {}, "stats": {}}))
+    (folder / "experiment_state-2026-01-01_00-00-00.json").write_text(
+        json.dumps({"trial_data": [], "runner_data": {}, "stats": {}})
+    )
     return folder
 
 
@@ -57,10 +61,23 @@ def fake_experiment(folder: Path, vary: str, trials: list[dict], epochs: int, st
         (folder / trial_id).mkdir()
         lines = []
         for epoch in range(1, last + 1):
-            valid = 100 + 10 * config.get("momentum", 0) + 5 * config.get("seed", 0) + 7 * config.get("learning_rate", 0) + 20 / epoch
+            valid = (
+                100
+                + 10 * config.get("momentum", 0)
+                + 5 * config.get("seed", 0)
+                + 7 * config.get("learning_rate", 0)
+                + 20 / epoch
+            )
             valid += {"value": 3, "none": 9}.get(config.get("clip_mode"), 0) + offset
-            report = {m.EPOCH: epoch, m.VALID_PPL: valid, m.DIVERGED: False, m.GRAD_NORM_P50: 1.0 + epoch,
-                      m.GRAD_NORM_P90: 2.0 + epoch, m.CLIP_FRACTION: 0.1, m.EPOCH_SECONDS: 1.0}
+            report = {
+                m.EPOCH: epoch,
+                m.VALID_PPL: valid,
+                m.DIVERGED: False,
+                m.GRAD_NORM_P50: 1.0 + epoch,
+                m.GRAD_NORM_P90: 2.0 + epoch,
+                m.CLIP_FRACTION: 0.1,
+                m.EPOCH_SECONDS: 1.0,
+            }
             lines.append(json.dumps(report | ({m.TEST_PPL: valid - 4} if epoch == epochs else {})))
         (folder / trial_id / "result.json").write_text("\n".join(lines) + "\n")
         trial = {"trial_id": trial_id, "status": "TERMINATED", "config": config, "relative_logdir": trial_id}
@@ -88,3 +105,8 @@ def tiny_text() -> dict[str, str]:
     valid = lines(119)
     valid[0] = " zebra" + valid[0]
     return {"ptb.train.txt": "".join(lines(400)), "ptb.valid.txt": "".join(valid), "ptb.test.txt": "".join(lines(120))}
+
+
+def sweep_args(space, storage, data_dir, address: str, *extra: str) -> list[str]:
+    """The command line of a sweep of `space` into `storage` on the Ray at `address`."""
+    return [str(space), "--storage", str(storage), "--data-dir", str(data_dir), "--address", address, *extra]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from study.config import make_config
-from study.train.data import load_corpus
 from study.errors import UsageError
 from study.sweep.space_file import load_space
+from study.train.data import load_corpus
 
 
 def run(module: str, *args: str) -> subprocess.CompletedProcess:
@@ -26,7 +26,11 @@ def assert_one_line(done: subprocess.CompletedProcess, *named: str) -> str:
 
 
 def folder_hash(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize(
@@ -40,7 +44,9 @@ def folder_hash(folder: Path) -> dict[str, str]:
 )
 def test_numbers_a_run_cannot_use_are_refused_before_training(flag, value, says, tiny_corpus_dir, tmp_path):
     table = tmp_path / "epochs.parquet"
-    done = run("study.train", "--preset", "test", "--data-dir", str(tiny_corpus_dir), "--table", str(table), flag, value)
+    done = run(
+        "study.train", "--preset", "test", "--data-dir", str(tiny_corpus_dir), "--table", str(table), flag, value
+    )
     assert_one_line(done, says)
     assert not table.exists()
 
@@ -51,7 +57,11 @@ def test_max_grad_norm_inf_still_means_no_clipping():
 
 @pytest.mark.parametrize(
     "value, says",
-    [("true", "must be a number, not bool True"), ("'5'", "must be a number, not str '5'"), (".nan", "nan is not valid")],
+    [
+        ("true", "must be a number, not bool True"),
+        ("'5'", "must be a number, not str '5'"),
+        (".nan", "nan is not valid"),
+    ],
 )
 def test_a_space_with_words_or_nan_where_a_number_belongs_is_refused(value, says, tmp_path):
     space = tmp_path / "words.yaml"
@@ -72,13 +82,16 @@ def test_a_space_with_words_or_nan_where_a_number_belongs_is_refused(value, says
 def test_a_space_with_an_out_of_range_seed_or_setting_is_refused(text, says, tmp_path):
     space = tmp_path / "bad.yaml"
     space.write_text(f"description: d\npreset: test\n{text}\n")
-    with pytest.raises(UsageError, match="bad.yaml") as error:
+    with pytest.raises(UsageError, match=r"bad.yaml") as error:
         load_space(str(space))
     assert says in str(error.value) and "\n" not in str(error.value)
 
 
 def test_seeds_outside_numpys_range_on_the_command_line_are_refused(tmp_path):
-    assert_one_line(run("study.sweep", "smoke", "--seeds", "0", "4294967296", "--dry-run", "--storage", str(tmp_path)), "0 .. 4294967295")
+    assert_one_line(
+        run("study.sweep", "smoke", "--seeds", "0", "4294967296", "--dry-run", "--storage", str(tmp_path)),
+        "0 .. 4294967295",
+    )
 
 
 @pytest.mark.parametrize("flag", ["--save", "--table"])

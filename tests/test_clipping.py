@@ -7,8 +7,8 @@ import torch
 
 import study.train.clipping
 from study import metrics as m
-from study.train.clipping import Clipper
 from study.config import make_config
+from study.train.clipping import Clipper
 
 
 def with_grads(*grads: list[float]) -> list[torch.nn.Parameter]:
@@ -142,7 +142,7 @@ def test_adaptive_epoch_summary_covers_the_epoch_only():
 
 
 def test_adaptive_restored_from_a_checkpoint_clips_as_if_never_stopped(monkeypatch):
-    monkeypatch.setattr(study.clipping, "MIN_CAPACITY", 2)  # so both clippers grow their record
+    monkeypatch.setattr(study.train.clipping, "MIN_CAPACITY", 2)  # so both clippers grow their record
     generator = torch.Generator().manual_seed(0)
     steps = [[torch.randn(3, generator=generator) * 4, torch.randn(2, generator=generator)] for _ in range(20)]
 
@@ -196,7 +196,6 @@ def test_from_config_takes_mode_threshold_and_percentile():
     clipper = Clipper.from_config(config, "cpu", steps_per_epoch=300, epochs=2)
     assert (clipper.mode, clipper.threshold, clipper.percentile) == ("adaptive", 2.0, 50.0)
     assert clipper.state_dict()["norms"].numel() == 0
-
 
 
 def offset_gradient(elements: int, seed: int) -> torch.Tensor:

@@ -3,6 +3,7 @@ processes on this machine (own ports, temp dirs and HOME, so the token Ray write
 `ray job submit --working-dir` of a tiny sweep into storage both nodes reach. The second node is
 killed in a second run: its trials are retried on the head and end as in the undisturbed run."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+
 from helpers import finish
 
 pytestmark = pytest.mark.slow
@@ -54,31 +56,62 @@ class Cluster:
         home = root / "home"
         home.mkdir()
         self.env = {
-            **os.environ, "HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            **os.environ,
+            "HOME": str(home),
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
             # A dead node is noticed in about a second, not half a minute.
-            "RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "2",
+            "RAY_health_check_period_ms": "500",
+            "RAY_health_check_timeout_ms": "500",
+            "RAY_health_check_failure_threshold": "2",
         }
         self.env.pop("RAY_ADDRESS", None)
         gcs, self.dashboard = free_ports(2)
         self.address = f"127.0.0.1:{gcs}"
-        self.head = self._start("head", ["--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
-                                         "--dashboard-port", str(self.dashboard), "--include-dashboard", "true", *head_resources])
+        self.head = self._start(
+            "head",
+            [
+                "--head",
+                "--port",
+                str(gcs),
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(self.dashboard),
+                "--include-dashboard",
+                "true",
+                *head_resources,
+            ],
+        )
         self._wait(lambda: self._answers(self.dashboard), "the head's dashboard")
         self.worker = self._start("worker", ["--address", self.address, "--num-cpus", "1"]) if worker else None
         self._wait(lambda: len(self.nodes()) == (2 if worker else 1), "the nodes")
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         agent, grpc, runtime_env, metrics, manager, objects = free_ports(6)
-        ports = ["--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(grpc),
-                 "--runtime-env-agent-port", str(runtime_env), "--metrics-export-port", str(metrics),
-                 "--node-manager-port", str(manager), "--object-manager-port", str(objects)]
+        ports = [
+            "--dashboard-agent-listen-port",
+            str(agent),
+            "--dashboard-agent-grpc-port",
+            str(grpc),
+            "--runtime-env-agent-port",
+            str(runtime_env),
+            "--metrics-export-port",
+            str(metrics),
+            "--node-manager-port",
+            str(manager),
+            "--object-manager-port",
+            str(objects),
+        ]
         # Ray's socket paths must stay under 108 bytes: a short folder of its own under /tmp.
         temp = ["--temp-dir", tempfile.mkdtemp(prefix=f"ray-{name}-", dir="/tmp")]
         self.temps.append(temp[1])
-        log = open(self.root / f"{name}.log", "w")
+        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - the node writes to it for its whole life
         return subprocess.Popen(
             [str(BIN / "ray"), "start", "--block", *args, *ports, *temp],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     @staticmethod
@@ -94,13 +127,20 @@ class Cluster:
         while not ready():
             assert time.monotonic() < deadline, f"{what} not up; logs in {self.root}"
             for node in (getattr(self, "head", None), getattr(self, "worker", None)):
-                assert node is None or node.poll() is None, f"a node ended while waiting for {what}; logs in {self.root}"
+                assert node is None or node.poll() is None, (
+                    f"a node ended while waiting for {what}; logs in {self.root}"
+                )
             time.sleep(0.5)
 
     def nodes(self) -> list[dict]:
         script = "import json, ray; ray.init(address='auto', logging_level='ERROR'); print(json.dumps(ray.nodes()))"
-        done = subprocess.run([sys.executable, "-c", script], env={**self.env, "RAY_ADDRESS": self.address},
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            env={**self.env, "RAY_ADDRESS": self.address},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         return [n for n in json.loads(done.stdout.splitlines()[-1]) if n["Alive"]] if done.returncode == 0 else []
 
     def submit(self, *args: str) -> subprocess.Popen:
@@ -109,9 +149,24 @@ class Cluster:
             shutil.copytree(REPO / "study", job / "study", ignore=shutil.ignore_patterns("__pycache__"))
             shutil.copytree(REPO / "search_spaces", job / "search_spaces")
         return subprocess.Popen(
-            [str(BIN / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{self.dashboard}", "--working-dir", str(job),
-             "--", "python", "-m", "study.sweep", *args],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                str(BIN / "ray"),
+                "job",
+                "submit",
+                "--address",
+                f"http://127.0.0.1:{self.dashboard}",
+                "--working-dir",
+                str(job),
+                "--",
+                "python",
+                "-m",
+                "study.sweep",
+                *args,
+            ],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
 
     def kill_worker(self) -> None:
@@ -129,15 +184,11 @@ class Cluster:
             except psutil.NoSuchProcess:
                 family = [node]
             node.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 node.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
             for process in family:
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
                     process.kill()
-                except (psutil.NoSuchProcess, ProcessLookupError):
-                    pass
         for temp in self.temps:
             shutil.rmtree(temp, ignore_errors=True)
 
@@ -191,7 +242,9 @@ def test_ray_job_submit_runs_a_sweep_on_both_nodes_and_survives_losing_one(clust
     retried = hit_trials[hit_trials["num_failures"] > 0]
     assert all("," in ids for ids in retried["node_ids"])  # begun on the worker, finished on the head
     by_threshold = trials.set_index("max_grad_norm")["test_ppl"]
-    assert hit_trials.set_index("max_grad_norm")["test_ppl"].to_dict() == pytest.approx(by_threshold.to_dict(), abs=1e-6)
+    assert hit_trials.set_index("max_grad_norm")["test_ppl"].to_dict() == pytest.approx(
+        by_threshold.to_dict(), abs=1e-6
+    )
 
 
 def test_quarter_gpu_trials_pack_four_to_a_gpu_and_train_on_the_cpu_without_one(tmp_path, tiny_corpus_dir):
@@ -203,9 +256,24 @@ def test_quarter_gpu_trials_pack_four_to_a_gpu_and_train_on_the_cpu_without_one(
     cluster = Cluster(tmp_path, head_resources=("--num-cpus", "4", "--num-gpus", "1"), worker=False)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "study.sweep", str(space), "--data-dir", str(tiny_corpus_dir), "--storage", str(tmp_path / "out"),
-             "--address", cluster.address, "--gpus-per-trial", "0.25"],
-            env=cluster.env, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "study.sweep",
+                str(space),
+                "--data-dir",
+                str(tiny_corpus_dir),
+                "--storage",
+                str(tmp_path / "out"),
+                "--address",
+                cluster.address,
+                "--gpus-per-trial",
+                "0.25",
+            ],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     finally:
         cluster.stop()

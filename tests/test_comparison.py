@@ -1,4 +1,4 @@
-"""The comparison's intervals: seed noise pooled where the settings share it (study.anova), the
+"""The comparison's intervals: seed noise pooled where the settings share it (study.report.anova), the
 method named per setting; sampled settings read from the space."""
 
 import math
@@ -21,8 +21,19 @@ def test_seed_noise_pools_alike_spreads_and_refuses_unlike_ones():
 
 def trials(values: dict[float, list[float]]) -> pd.DataFrame:
     """Completed trials of one setting `momentum` per key, one seed per value."""
-    rows = [{"trial_id": f"{mu}-{s}", "status": "completed", "momentum": mu, "seed": s, "best_valid_ppl": v,
-             "test_ppl": v, "epochs_run": 3} for mu, vs in values.items() for s, v in enumerate(vs)]
+    rows = [
+        {
+            "trial_id": f"{mu}-{s}",
+            "status": "completed",
+            "momentum": mu,
+            "seed": s,
+            "best_valid_ppl": v,
+            "test_ppl": v,
+            "epochs_run": 3,
+        }
+        for mu, vs in values.items()
+        for s, v in enumerate(vs)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -33,7 +44,9 @@ def test_intervals_pool_shared_seed_noise_and_say_which_method():
     half = stats.t.ppf(0.975, 3) * math.sqrt(2) / math.sqrt(2)
     assert table["best_valid_ppl_ci95_high"].iloc[0] == pytest.approx(101 + half)  # 3.18, not 12.7 x 1
     # One setting far noisier (Bartlett p < 0.05): no pooling, each its own t interval on 1 df.
-    table = compare(trials({0.0: [100, 100.01], 0.5: [110, 110.02], 0.9: [100, 140]}), [Factor("momentum", ("momentum",))])
+    table = compare(
+        trials({0.0: [100, 100.01], 0.5: [110, 110.02], 0.9: [100, 140]}), [Factor("momentum", ("momentum",))]
+    )
     assert list(table["best_valid_ppl_ci_method"]) == ["per-setting t, 1 df"] * 3
 
 

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
 
 from study.config import PRESETS, TrainConfig, make_config
 from study.errors import UsageError
@@ -11,9 +12,28 @@ from study.errors import UsageError
 def test_presets_are_the_tutorials_values():
     small, medium, large = PRESETS["small"], PRESETS["medium"], PRESETS["large"]
     assert (small.num_layers, small.hidden_size, small.num_steps, small.init_scale) == (2, 200, 20, 0.1)
-    assert (small.max_grad_norm, small.epochs, small.decay_start, small.lr_decay, small.keep_prob) == (5, 13, 4, 0.5, 1.0)
-    assert (medium.hidden_size, medium.num_steps, medium.epochs, medium.decay_start, medium.lr_decay, medium.keep_prob) == (650, 35, 39, 6, 0.8, 0.5)
-    assert (large.hidden_size, large.max_grad_norm, large.epochs, large.decay_start, large.keep_prob) == (1500, 10, 55, 14, 0.35)
+    assert (small.max_grad_norm, small.epochs, small.decay_start, small.lr_decay, small.keep_prob) == (
+        5,
+        13,
+        4,
+        0.5,
+        1.0,
+    )
+    assert (
+        medium.hidden_size,
+        medium.num_steps,
+        medium.epochs,
+        medium.decay_start,
+        medium.lr_decay,
+        medium.keep_prob,
+    ) == (650, 35, 39, 6, 0.8, 0.5)
+    assert (large.hidden_size, large.max_grad_norm, large.epochs, large.decay_start, large.keep_prob) == (
+        1500,
+        10,
+        55,
+        14,
+        0.35,
+    )
     assert large.lr_decay == pytest.approx(1 / 1.15)
     for preset in PRESETS.values():
         assert preset.batch_size in (20, 4) and preset.learning_rate == 1.0
@@ -58,12 +78,12 @@ def test_unknown_key_lists_the_allowed_ones():
 
 
 def test_unknown_preset():
-    with pytest.raises(UsageError, match="unknown preset 'huge'.*small, medium, large, test"):
+    with pytest.raises(UsageError, match=r"unknown preset 'huge'.*small, medium, large, test"):
         make_config({}, preset="huge")
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         PRESETS["small"].epochs = 3
 
 

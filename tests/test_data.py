@@ -7,10 +7,12 @@ import tarfile
 import threading
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 
+from study.errors import UsageError
 from study.train import data
 from study.train.data import (
     DATA_ENV,
@@ -26,7 +28,6 @@ from study.train.data import (
     read_words,
     to_ids,
 )
-from study.errors import UsageError
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +38,7 @@ def no_user_settings(monkeypatch, tmp_path):
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    truncate: set[str] = set()  # paths answered with half the body and a Content-Length for all of it
+    truncate: ClassVar[set[str]] = set()  # paths answered with half the body and a Content-Length for all of it
 
     def do_GET(self):
         if self.path not in self.truncate:
@@ -151,7 +152,7 @@ def test_read_words_is_tfs_replace_then_split(tmp_path):
 
 
 def test_vocabulary_counts_descending_ties_alphabetical_eos_counted():
-    words = "b a c <eos> c b <eos> c <eos> z".split()  # c 3, <eos> 3, b 2, a 1, z 1
+    words = ["b", "a", "c", "<eos>", "c", "b", "<eos>", "c", "<eos>", "z"]  # c 3, <eos> 3, b 2, a 1, z 1
     assert list(build_vocab(words)) == ["<eos>", "c", "b", "a", "z"]
     assert build_vocab(words) == {"<eos>": 0, "c": 1, "b": 2, "a": 3, "z": 4}
 
@@ -254,7 +255,7 @@ def test_half_a_download_never_has_the_final_name(server, ptb_dir, tmp_path):
         shutil.copy(ptb_dir / name, server.root / name)
     server.truncate.add("/ptb.train.txt")
     cache = tmp_path / "cache"
-    with pytest.raises(UsageError, match="ptb.train.txt: download cut short"):
+    with pytest.raises(UsageError, match=r"ptb.train.txt: download cut short"):
         find_ptb(cache=cache, urls=(server.url,))
     assert files_in(cache) == []
 
@@ -266,7 +267,7 @@ def test_corrupted_cache_file_is_not_used_but_downloaded_again(server, ptb_dir, 
         shutil.copy(ptb_dir / name, cache / name)
         shutil.copy(ptb_dir / name, server.root / name)
     (cache / "ptb.valid.txt").write_bytes((ptb_dir / "ptb.valid.txt").read_bytes()[:-100])
-    with pytest.raises(UsageError, match="ptb.valid.txt with a wrong sha256"):
+    with pytest.raises(UsageError, match=r"ptb.valid.txt with a wrong sha256"):
         find_ptb(cache=cache, urls=(dead_url,))
     assert find_ptb(cache=cache, urls=(server.url,)) == cache
     assert hashlib.sha256((cache / "ptb.valid.txt").read_bytes()).hexdigest() == PTB_SHA256["ptb.valid.txt"]

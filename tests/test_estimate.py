@@ -9,12 +9,19 @@ from dataclasses import asdict, replace
 import pytest
 
 from study.sweep import estimate
-from study.train.data import load_corpus
 from study.sweep.estimate import (
-    Calibration, brackets, calibration, calibration_key, estimate_lines, expected_epochs, format_duration, trial_epochs,
+    Calibration,
+    brackets,
+    calibration,
+    calibration_key,
+    estimate_lines,
+    expected_epochs,
+    format_duration,
+    trial_epochs,
 )
 from study.sweep.space_file import load_space
 from study.sweep.spaces import AshaSettings
+from study.train.data import load_corpus
 from study.train.trainer import Trainer
 
 
@@ -75,15 +82,24 @@ def test_no_cache_and_no_corpus_gives_a_reason(tmp_path):
 
 @pytest.mark.parametrize(
     "seconds, text",
-    [(0.2, "under a second"), (45, "about 45 s"), (12 * 60 + 20, "about 12 min"), (7 * 3600 + 38 * 60, "about 7 h 40 min"),
-     (2 * 3600 + 3 * 60, "about 2 h 5 min"), (5 * 3600 + 2 * 60, "about 5 h"), (76 * 3600, "about 3 d 4 h")],
+    [
+        (0.2, "under a second"),
+        (45, "about 45 s"),
+        (12 * 60 + 20, "about 12 min"),
+        (7 * 3600 + 38 * 60, "about 7 h 40 min"),
+        (2 * 3600 + 3 * 60, "about 2 h 5 min"),
+        (5 * 3600 + 2 * 60, "about 5 h"),
+        (76 * 3600, "about 3 d 4 h"),
+    ],
 )
 def test_format_duration(seconds, text):
     assert format_duration(seconds) == text
 
 
 def timing(seconds_per_epoch=300.0, cached=False) -> Calibration:
-    return Calibration(seconds_per_epoch, 0.125, 2323, seconds_per_epoch - 290.375, 1, "cpu", "sum", "2026-01-02 03:04", cached)
+    return Calibration(
+        seconds_per_epoch, 0.125, 2323, seconds_per_epoch - 290.375, 1, "cpu", "sum", "2026-01-02 03:04", cached
+    )
 
 
 def test_estimate_lines_state_the_duration_and_its_assumptions():
@@ -103,7 +119,9 @@ def dry_run(tmp_path, *args) -> str:
     env["XDG_CACHE_HOME"] = str(tmp_path / "cache")  # no PTB and no calibration there
     done = subprocess.run(
         [sys.executable, "-m", "study.sweep", "grad_clip", "--dry-run", "--storage", str(tmp_path / "out"), *args],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -121,5 +139,7 @@ def test_dry_run_without_data_uses_the_cached_calibration(tmp_path):
     cache.parent.mkdir(parents=True)
     cache.write_text(json.dumps({calibration_key(config, 1, "cpu"): asdict(timing())}))
     out = dry_run(tmp_path)
-    assert "300 s an epoch = 2323 steps x 125 ms + 10 s validation (1 thread, cpu, timed 2026-01-02 03:04, cached)" in out
+    assert (
+        "300 s an epoch = 2323 steps x 125 ms + 10 s validation (1 thread, cpu, timed 2026-01-02 03:04, cached)" in out
+    )
     assert "assumes every node as fast as this one" in out

@@ -1,4 +1,4 @@
-"""study.experiment_reader on a real Ray Tune experiment of a dummy trainable: it reads what Ray's
+"""study.report.reader on a real Ray Tune experiment of a dummy trainable: it reads what Ray's
 own reader reads, and a report of a folder full of planted pickles runs none of them.
 
 The experiment (built once per session on the local Ray of `ray_session`): two `cases` of clipping
@@ -24,8 +24,8 @@ import ray.tune.utils.serialization
 from ray import cloudpickle, tune
 from ray.tune.utils.serialization import TuneFunctionEncoder
 
-from study.report import reader as reader
 from study import metrics as m
+from study.report import reader as reader
 from study.report.build import main, write_report
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,13 @@ CASES = [
     {"clip_mode": "value", "max_grad_norm": 1.5},
     {"max_grad_norm": 5.0, "clip_mode": "global_norm"},  # not sorted: the report keeps this order
 ]
-RAY_PICKLED_FIELDS = ("results", "extra_arg", "placement_group_factory", "_resources", "_default_placement_group_factory")
+RAY_PICKLED_FIELDS = (
+    "results",
+    "extra_arg",
+    "placement_group_factory",
+    "_resources",
+    "_default_placement_group_factory",
+)
 
 
 def dummy_trainable(config):
@@ -44,8 +50,18 @@ def dummy_trainable(config):
         if config["clip"]["clip_mode"] == "value" and seed == 2 and epoch == 2:
             raise RuntimeError("planted failure at epoch 2")
         valid = 100 + c + seed + 10 / epoch
-        tune.report({m.EPOCH: epoch, m.LR: 1.0, m.TRAIN_PPL: valid - 5, m.VALID_PPL: valid, m.GRAD_NORM_P50: c / 2,
-                     m.DIVERGED: False, m.EPOCH_SECONDS: 0.25, **({m.TEST_PPL: valid - 1} if epoch == config["epochs"] else {})})
+        tune.report(
+            {
+                m.EPOCH: epoch,
+                m.LR: 1.0,
+                m.TRAIN_PPL: valid - 5,
+                m.VALID_PPL: valid,
+                m.GRAD_NORM_P50: c / 2,
+                m.DIVERGED: False,
+                m.EPOCH_SECONDS: 0.25,
+                **({m.TEST_PPL: valid - 1} if epoch == config["epochs"] else {}),
+            }
+        )
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +70,12 @@ def experiment(ray_session, tmp_path_factory) -> Path:
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this module
     tune.Tuner(
         dummy_trainable,
-        param_space={"clip": tune.grid_search(CASES), "seed": tune.grid_search([0, 1, 2]), "epochs": 3, "width": np.int64(16)},
+        param_space={
+            "clip": tune.grid_search(CASES),
+            "seed": tune.grid_search([0, 1, 2]),
+            "epochs": 3,
+            "width": np.int64(16),
+        },
         tune_config=tune.TuneConfig(reuse_actors=True),
         run_config=tune.RunConfig(name="exp", storage_path=str(storage), verbose=0),
     ).fit()
@@ -92,7 +113,9 @@ def test_reader_reads_what_rays_own_reader_reads(experiment):
         trial = trials[ray_trial.trial_id]
         assert trial.status == ray_trial.status and trial.problem is None
         assert trial.config == ray_trial.config
-        assert list(trial.config) == list(ray_trial.config) and list(trial.config["clip"]) == list(ray_trial.config["clip"])
+        assert list(trial.config) == list(ray_trial.config) and list(trial.config["clip"]) == list(
+            ray_trial.config["clip"]
+        )
         assert trial.folder == ray_trial.storage.trial_dir_name
         assert trial.error_file == ray_trial.run_metadata.error_filename
         # The last result's copy of the config holds the numpy integer, pickled in the state: left out.
@@ -104,7 +127,7 @@ def test_reader_reads_what_rays_own_reader_reads(experiment):
     failed = [t for t in trials.values() if t.status == "ERROR"]
     assert len(failed) == 1 and failed[0].config["clip"]["clip_mode"] == "value" and failed[0].config["seed"] == 2
     assert failed[0].error_file == "error.txt" and (experiment / failed[0].folder / "error.pkl").is_file()
-    assert reader.error_line(location, failed[0]) == "RuntimeError: planted failure at epoch 2"
+    assert reader.trial_error_line(location, failed[0]) == "RuntimeError: planted failure at epoch 2"
     # Ray's state pickles the numpy integer; params.json, written by Ray's JSON logger, has the number.
     raw = json.loads(json.loads(state_file(experiment).read_text())["trial_data"][0][0])
     assert raw["config"]["width"]["_type"] == "CLOUDPICKLE_FALLBACK"
@@ -157,7 +180,10 @@ def test_a_trial_entry_that_cannot_be_read_is_an_error_trial_with_the_reason(exp
     table = pd.read_parquet(write_report(str(folder), quiet=True).trials).set_index("trial_id")
     assert (table.loc[list(broken), "status"] == "error").all() and (table.loc[list(broken), "epochs_run"] == 0).all()
     summary = (folder / "summary.md").read_text()
-    assert f"- `unreadable_{torn}`: cannot read its entry in {state_file(folder).name}: entry {torn} is not a pair of JSON objects" in summary
+    assert (
+        f"- `unreadable_{torn}`: cannot read its entry in {state_file(folder).name}: entry {torn} is not a pair of JSON objects"
+        in summary
+    )
 
 
 def test_a_trial_saved_while_running_reads_as_pending_as_in_ray(experiment, tmp_path):
@@ -222,7 +248,11 @@ def plant_everywhere(folder: Path, marker: Path) -> int:
             trial, meta = plant(trial), plant(meta)
             for name in RAY_PICKLED_FIELDS:
                 trial[name] = fallback["value"]
-            for holder in (trial["config"], *(v for v in trial["config"].values() if isinstance(v, dict)), meta["last_result"]):
+            for holder in (
+                trial["config"],
+                *(v for v in trial["config"].values() if isinstance(v, dict)),
+                meta["last_result"],
+            ):
                 holder["planted"] = dict(fallback)
             state["trial_data"][i] = [trial, meta]
 
@@ -251,12 +281,16 @@ def test_report_of_a_folder_full_of_planted_pickles_runs_none_of_them(experiment
         "finally:\n"
         "    print('unpickled:', found, file=sys.stderr)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(folder)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(folder)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "unpickled: []" in done.stderr and not marker.exists()
     trials = pd.read_parquet(folder / "trials.parquet")
     assert sorted(trials["status"]) == ["completed"] * 5 + ["error"] and "planted" not in trials.columns
-    assert (trials["width"] == 16).all() and "RuntimeError: planted failure at epoch 2" in (folder / "summary.md").read_text()
+    assert (trials["width"] == 16).all() and "RuntimeError: planted failure at epoch 2" in (
+        folder / "summary.md"
+    ).read_text()
 
     # The payload is live, and where Ray's reader (the report's reader before) would run it.
     check = tmp_path / "live"
@@ -274,9 +308,15 @@ def test_the_report_calls_no_unpickler(experiment, tmp_path, monkeypatch):
         raise AssertionError("the report unpickled something")
 
     for owner, name in [
-        (pickle, "loads"), (pickle, "load"), (pickle, "Unpickler"), (cloudpickle, "loads"), (cloudpickle, "load"),
-        (ray.tune, "ExperimentAnalysis"), (ray.tune.analysis.experiment_analysis, "ExperimentAnalysis"),
-        (ray.tune.utils.serialization, "_loads_with_cloudpickle"), (ray.tune.experiment.trial.Trial, "from_json_state"),
+        (pickle, "loads"),
+        (pickle, "load"),
+        (pickle, "Unpickler"),
+        (cloudpickle, "loads"),
+        (cloudpickle, "load"),
+        (ray.tune, "ExperimentAnalysis"),
+        (ray.tune.analysis.experiment_analysis, "ExperimentAnalysis"),
+        (ray.tune.utils.serialization, "_loads_with_cloudpickle"),
+        (ray.tune.experiment.trial.Trial, "from_json_state"),
     ]:
         monkeypatch.setattr(owner, name, refuse)
     paths = write_report(str(folder), quiet=True)

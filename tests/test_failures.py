@@ -14,11 +14,13 @@ import pandas as pd
 import pytest
 from ray import tune
 
-from study.sweep.capacity import Node, check_capacity, trials_at_once
-from study.train.data import load_corpus
 from study.errors import UsageError
+from study.sweep.capacity import Node, check_capacity, trials_at_once
 from study.sweep.cli import closing_summary, exit_code, options_from_args, parse_args
 from study.sweep.tuner import run_sweep
+from study.train.data import load_corpus
+
+from helpers import sweep_args
 
 SPACE = """
 description: failures
@@ -41,7 +43,8 @@ def write_space(folder: Path, epochs: int = 2) -> Path:
 def folder_hash(folder: Path) -> dict[str, str]:
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*")) if path.is_file()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
     }
 
 
@@ -72,10 +75,12 @@ def earlier_results(tmp_path: Path) -> Path:
     return storage
 
 
-def test_no_node_can_hold_a_trial_so_the_sweep_is_refused_at_once(ray_session, tiny_corpus_dir, tmp_path, earlier_results):
+def test_no_node_can_hold_a_trial_so_the_sweep_is_refused_at_once(
+    ray_session, tiny_corpus_dir, tmp_path, earlier_results
+):
     before = folder_hash(earlier_results)
     space = write_space(tmp_path)
-    common = [str(space), "--storage", str(earlier_results), "--data-dir", str(tiny_corpus_dir), "--address", ray_session]
+    common = sweep_args(space, earlier_results, tiny_corpus_dir, ray_session)
     for flag, value, allowed in (("--gpus-per-trial", "1", "at most 0"), ("--cpus-per-trial", "64", "at most 2")):
         started = time.monotonic()
         done = cli([*common, flag, value], timeout=120)
@@ -89,7 +94,9 @@ def test_capacity_counts_each_node_on_its_own_and_warns_when_the_cluster_can_gro
     assert trials_at_once(2, 0, two) == 2  # 3 + 3 CPUs, but a trial of 2 cannot span two nodes
     assert trials_at_once(1, 0.25, two) == 3  # the GPU node holds 4 quarter-GPU trials, by its 3 CPUs 3
     assert check_capacity(2, 0, two, can_grow=False) is None
-    with pytest.raises(UsageError, match=r"--gpus-per-trial 2: .*2 nodes, the largest with 3 CPUs and 1 GPUs\); allowed: at most 1"):
+    with pytest.raises(
+        UsageError, match=r"--gpus-per-trial 2: .*2 nodes, the largest with 3 CPUs and 1 GPUs\); allowed: at most 1"
+    ):
         check_capacity(1, 2, two, can_grow=False)
     assert check_capacity(4, 0, two, can_grow=True).startswith("WARNING: --cpus-per-trial 4: no node")
 
@@ -104,7 +111,18 @@ def test_an_address_nothing_answers_on_fails_within_seconds(tiny_corpus_dir, tmp
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     started = time.monotonic()
-    done = cli(["smoke", "--address", f"127.0.0.1:{port}", "--storage", str(tmp_path / "out"), "--data-dir", str(tiny_corpus_dir)], timeout=60)
+    done = cli(
+        [
+            "smoke",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--storage",
+            str(tmp_path / "out"),
+            "--data-dir",
+            str(tiny_corpus_dir),
+        ],
+        timeout=60,
+    )
     assert_refused(done, f"--address 127.0.0.1:{port}", "no Ray answers there")
     assert time.monotonic() - started < 30 and not (tmp_path / "out").exists()
 
@@ -120,9 +138,11 @@ class KillEveryTrial(tune.Callback):
 def test_a_sweep_whose_every_trial_failed_says_so_and_exits_1(ray_session, tiny_corpus_dir, tmp_path):
     space = write_space(tmp_path, epochs=3)
     options = options_from_args(parse_args([str(space), "--storage", str(tmp_path / "out"), "--max-failures", "0"]))
-    results = run_sweep(options, load_corpus(tiny_corpus_dir), [KillEveryTrial()], resume_with="python -m study.sweep … --resume")
-    assert exit_code(results) == 1
-    closing = closing_summary(options, results, "python -m study.sweep … --resume")
+    outcome = run_sweep(
+        options, load_corpus(tiny_corpus_dir), [KillEveryTrial()], resume_with="python -m study.sweep … --resume"
+    )
+    assert exit_code(outcome) == 1
+    closing = closing_summary(options, outcome.results, "python -m study.sweep … --resume")
     assert closing.startswith("2 trials, 2 errored after their retries:")
     assert "retry them from their last checkpoints: python -m study.sweep … --resume" in closing
     trials = pd.read_parquet(Path(options.experiment) / "trials.parquet")
@@ -136,8 +156,10 @@ def test_a_sweep_killed_in_its_first_moments_can_be_continued(ray_session, tiny_
     """kill -9 as soon as the experiment folder appears (study.json may exist, Ray's tuner.pkl not
     yet), then --resume: the sweep runs to its end."""
     space = write_space(tmp_path)
-    args = [str(space), "--storage", str(tmp_path / "out"), "--data-dir", str(tiny_corpus_dir), "--address", ray_session]
-    process = subprocess.Popen([sys.executable, "-m", "study.sweep", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = sweep_args(space, tmp_path / "out", tiny_corpus_dir, ray_session)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "study.sweep", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     experiment = tmp_path / "out" / "fail"
     deadline = time.monotonic() + 120
     while not experiment.exists() and time.monotonic() < deadline and process.poll() is None:
@@ -156,7 +178,7 @@ def test_a_folder_whose_sweep_never_saved_its_state_starts_again(ray_session, ti
     experiment = tmp_path / "out" / "fail"
     experiment.mkdir(parents=True)
     (experiment / "study.json").write_text('{"space": "fail"}')  # what a kill before tuner.pkl leaves
-    args = [str(space), "--storage", str(tmp_path / "out"), "--data-dir", str(tiny_corpus_dir), "--address", ray_session]
+    args = sweep_args(space, tmp_path / "out", tiny_corpus_dir, ray_session)
     done = cli(args)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "stopped before Ray saved its state; starting it again" in done.stdout
@@ -167,8 +189,10 @@ def test_a_folder_whose_sweep_never_saved_its_state_starts_again(ray_session, ti
 @pytest.mark.slow
 def test_a_second_ctrl_c_still_exits_130_without_a_traceback(ray_session, tiny_corpus_dir, tmp_path):
     space = write_space(tmp_path, epochs=50)
-    args = [str(space), "--storage", str(tmp_path / "out"), "--data-dir", str(tiny_corpus_dir), "--address", ray_session]
-    process = subprocess.Popen([sys.executable, "-m", "study.sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = sweep_args(space, tmp_path / "out", tiny_corpus_dir, ray_session)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "study.sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 120
     while not list((tmp_path / "out" / "fail").glob("*/result.json")) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -190,7 +214,10 @@ def test_storage_that_cannot_hold_results_is_refused_before_anything_starts(tmp_
     cases = [
         (str(blocker / "results"), f"{blocker} is a file"),
         ("foo://bucket/results", "Unrecognized filesystem type in URI"),
-        (f"s3://KEY:SECRET@bucket/results?endpoint_override=127.0.0.1:{closed}&scheme=http&region=us-east-1", "s3://***@bucket/results"),
+        (
+            f"s3://KEY:SECRET@bucket/results?endpoint_override=127.0.0.1:{closed}&scheme=http&region=us-east-1",
+            "s3://***@bucket/results",
+        ),
     ]
     for storage, says in cases:
         done = cli(["smoke", "--storage", storage], timeout=120)

@@ -15,7 +15,16 @@ import pytest
 import study
 
 PACKAGE = Path(study.__file__).parent
-CORE = {"study", "study.config", "study.metrics", "study.errors", "study.redact", "study.storage", "study.tables"}
+CORE = {
+    "study",
+    "study.config",
+    "study.labels",
+    "study.metrics",
+    "study.errors",
+    "study.redact",
+    "study.storage",
+    "study.tables",
+}
 WINGS = ("train", "sweep", "report")
 # Which wings each part may import (core is open to all). bench times the trainer.
 ALLOWED = {"core": set(), "train": set(), "sweep": {"train", "report"}, "report": set(), "bench": {"train"}}
@@ -48,7 +57,9 @@ def imports_of(path: Path, top_level_only: bool = False) -> set[str]:
     for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "study":
             names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names if f"{node.module}.{alias.name}" in known)
+            names.update(
+                f"{node.module}.{alias.name}" for alias in node.names if f"{node.module}.{alias.name}" in known
+            )
         elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names if alias.name.split(".")[0] == "study")
     return names

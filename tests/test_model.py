@@ -42,7 +42,9 @@ def test_shapes_and_state_carry():
 def test_dropout_only_in_training_and_only_below_keep_prob_one():
     x = torch.randint(0, 50, (3, 5))
     deterministic = small(keep_prob=1.0).train()
-    assert torch.equal(deterministic(x, deterministic.initial_state(3))[0], deterministic(x, deterministic.initial_state(3))[0])
+    assert torch.equal(
+        deterministic(x, deterministic.initial_state(3))[0], deterministic(x, deterministic.initial_state(3))[0]
+    )
     dropped = small(keep_prob=0.5).train()
     assert not torch.equal(dropped(x, dropped.initial_state(3))[0], dropped(x, dropped.initial_state(3))[0])
     dropped.eval()

@@ -2,18 +2,20 @@
 stops marked, no colour bar or "(log)" over nothing. Experiments are written as Ray leaves them
 (test_summary.fake_experiment), so no Ray runs here."""
 
+import itertools
 import math
 from pathlib import Path
 
 import pytest
 from matplotlib.figure import Figure
-from helpers import empty_experiment, fake_experiment
 
 from study.report import plots
 from study.report.axes import numeric_axis, place_ticks
+from study.report.build import _plot_data
 from study.report.collect import load_experiment
 from study.report.comparison import compare, pivot
-from study.report.build import _plot_data
+
+from helpers import empty_experiment, fake_experiment
 
 
 def plot_data(experiment: Path) -> plots.PlotData:
@@ -23,8 +25,12 @@ def plot_data(experiment: Path) -> plots.PlotData:
 
 
 def test_plots_say_only_what_they_show(tmp_path):
-    trials = [{"momentum": mu, "seed": s} | ({"stop": True} if mu == 0.9 else {}) for mu in (0.0, 0.5, 0.9) for s in (0, 1)]
-    data = plot_data(fake_experiment(tmp_path / "stopped", "  momentum: {grid: [0, 0.5, 0.9]}", trials, epochs=3, stopped_after=2))
+    trials = [
+        {"momentum": mu, "seed": s} | ({"stop": True} if mu == 0.9 else {}) for mu in (0.0, 0.5, 0.9) for s in (0, 1)
+    ]
+    data = plot_data(
+        fake_experiment(tmp_path / "stopped", "  momentum: {grid: [0, 0.5, 0.9]}", trials, epochs=3, stopped_after=2)
+    )
     figure = plots.test_ppl(data)
     axes = figure.axes[0]
     assert axes.get_xscale() == "linear" and "log" not in axes.get_xlabel()  # 0 has no logarithm
@@ -45,10 +51,16 @@ def test_plots_of_an_empty_experiment_have_sane_axes(tmp_path):
         assert axes.get_yscale() == "linear" and "(log)" not in axes.get_ylabel()
 
 
-@pytest.mark.parametrize("values, scale", [
-    ([0.0, 0.9], "linear"), ([0.5, 1.0, 1.5], "linear"), ([0.1, 1.0, 10.0, math.inf], "log"),
-    ([0.0, 1e-5, 1e-4, 1e-3], "symlog"), ([-1.0, 0.0, 1.0], "linear"),
-])
+@pytest.mark.parametrize(
+    "values, scale",
+    [
+        ([0.0, 0.9], "linear"),
+        ([0.5, 1.0, 1.5], "linear"),
+        ([0.1, 1.0, 10.0, math.inf], "log"),
+        ([0.0, 1e-5, 1e-4, 1e-3], "symlog"),
+        ([-1.0, 0.0, 1.0], "linear"),
+    ],
+)
 def test_numeric_values_get_an_axis_that_holds_them(values, scale):
     axis = numeric_axis(values)
     assert axis.scale == scale and set(values) <= set(axis.positions)
@@ -64,7 +76,7 @@ def test_crowded_tick_labels_are_thinned_never_overlapping():
     place_ticks(axes, {f"{v:g}": v for v in values})
     figure.draw_without_rendering()
     boxes = sorted((t.get_window_extent() for t in axes.get_xticklabels()), key=lambda b: b.x0)
-    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:]))
+    assert all(a.x1 < b.x0 for a, b in itertools.pairwise(boxes))
     shown = [t.get_text() for t in axes.get_xticklabels()]
     assert shown[0] == "0" and "0.9" in shown and len(shown) < len(values)
 

@@ -7,12 +7,12 @@ import textwrap
 import pytest
 import torch
 
-from study.train import trainer as train
 from study.bench import training_speeds
 from study.config import make_config
-from study.train.data import load_corpus
 from study.errors import UsageError
 from study.sweep.space_file import load_space
+from study.train import trainer as train
+from study.train.data import load_corpus
 from study.train.trainer import Trainer
 
 
@@ -51,21 +51,25 @@ def test_config_rejects_other_precisions_in_one_line(value):
 
 def test_a_search_space_can_fix_or_vary_precision(tmp_path):
     path = tmp_path / "space.yaml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         description: precision as a run setting
         preset: test
         fixed: {precision: bf16}
-        """))
+        """)
+    )
     assert load_space(str(path)).base_config().precision == "bf16"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         description: precision as a run setting
         preset: test
         vary:
           precision: {grid: [fp32, bf16]}
-        """))
+        """)
+    )
     assert load_space(str(path)).vary == {"precision": {"grid": ["fp32", "bf16"]}}
     path.write_text(path.read_text().replace("bf16]", "fp16]"))
-    with pytest.raises(UsageError, match="vary.precision.grid"):
+    with pytest.raises(UsageError, match=r"vary.precision.grid"):
         load_space(str(path))
 
 
@@ -119,8 +123,10 @@ def test_bench_both_takes_turns_window_by_window(corpus):
     trainers = [tiny_trainer(corpus, precision=precision) for precision in ("fp32", "bf16")]
     order = []
     for trainer in trainers:
-        epoch = trainer._train_epoch
-        trainer._train_epoch = lambda epoch=epoch, trainer=trainer: order.append(trainer.config.precision) or epoch()
+        steps = trainer.train_steps
+        trainer.train_steps = lambda count, steps=steps, trainer=trainer: (
+            order.append(trainer.config.precision) or steps(count)
+        )
     speeds = training_speeds(trainers, steps=2, windows=3)
     assert order == ["fp32", "bf16"] * 4  # a warm-up pass, then three timed windows each
     assert [len(own) for own in speeds] == [3, 3] and all(speed > 0 for own in speeds for speed in own)

@@ -1,4 +1,4 @@
-"""Shared prefixes (study/prefix.py, study/prefix_search.py): the schedules' guarantee, the prefix
+"""Shared prefixes (study/sweep/prefix.py, study/sweep/prefix_search.py): the schedules' guarantee, the prefix
 store, the search algorithm's holding back, and real sweeps with sharing against the same sweep
 without it: bit for bit the same curves, with workers and the driver killed along the way."""
 
@@ -14,19 +14,20 @@ import torch
 from ray import tune
 from ray.tune.experiment import Experiment
 
-from helpers import finish, run_cli, tiny_text
 from study import metrics as m
 from study.config import make_config
-from study.train.data import DATA_ENV, load_corpus
+from study.sweep.cli import main, options_from_args, parse_args, resume_command
 from study.sweep.prefix import REPORTS, PrefixGroup, SharingPlan, TrialPrefix, epochs_saved, prefix_groups, prefix_of
 from study.sweep.prefix_search import PrefixSearch
-from study.train.schedules import LateSettings, late_settings
 from study.sweep.space_file import load_space
 from study.sweep.spaces import trial_config
-from study.train.state import StateError
-from study.sweep.cli import main, options_from_args, parse_args, resume_command
 from study.sweep.tuner import run_sweep
+from study.train.data import DATA_ENV, load_corpus
+from study.train.schedules import LateSettings, late_settings
+from study.train.state import StateError
 from study.train.trainer import Trainer
+
+from helpers import finish, run_cli, tiny_text
 
 TIMING = (m.WORDS_PER_SEC, m.EPOCH_SECONDS)  # the only metrics that differ between identical runs
 COMPARED = (m.LR, m.TRAIN_PPL, m.VALID_PPL, m.TEST_PPL, *m.GRAD_METRICS, m.DIVERGED)
@@ -81,7 +82,9 @@ def untimed(reports: list[dict]) -> list[dict]:
     return [{key: value for key, value in report.items() if key not in TIMING} for report in reports]
 
 
-@pytest.mark.parametrize("schedule", [{"lr_schedule": "zaremba", "decay_start": 2}, {"lr_schedule": "plateau", "plateau_patience": 2}])
+@pytest.mark.parametrize(
+    "schedule", [{"lr_schedule": "zaremba", "decay_start": 2}, {"lr_schedule": "plateau", "plateau_patience": 2}]
+)
 def test_late_settings_leave_the_prefix_bit_identical(tiny_corpus_dir, schedule):
     corpus = load_corpus(tiny_corpus_dir)
     configs = [make_config({**schedule, "epochs": 4, "lr_decay": decay}, preset="test") for decay in (0.5, 0.9)]
@@ -123,8 +126,13 @@ def test_grad_clip_shares_16_prefixes_of_4_epochs():
     assert epochs_saved(load_space("clip_modes"), 13) == 0  # nothing varies late there
 
 
-@pytest.mark.parametrize("sharing, figures", [([], "592 expected with ASHA (1/2 go on at epochs 6, 12); 400 with shared prefixes"),
-                                              (["--no-prefix-sharing"], "592 expected with ASHA (1/2 go on at epochs 6, 12)\n")])
+@pytest.mark.parametrize(
+    "sharing, figures",
+    [
+        ([], "592 expected with ASHA (1/2 go on at epochs 6, 12); 400 with shared prefixes"),
+        (["--no-prefix-sharing"], "592 expected with ASHA (1/2 go on at epochs 6, 12)\n"),
+    ],
+)
 def test_grad_clip_plan_counts_the_trial_epochs_sharing_saves(capsys, monkeypatch, tmp_path, sharing, figures):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no calibration cached, no corpus to time on
     monkeypatch.delenv(DATA_ENV, raising=False)
@@ -154,10 +162,14 @@ def run_trial(config, corpus, plan: SharingPlan, trial_id: str = "trial") -> tup
     return trainer, reports
 
 
-@pytest.mark.parametrize("overrides", [{}, {"max_grad_norm": math.inf, "learning_rate": 1e12}], ids=["trains", "diverges"])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"max_grad_norm": math.inf, "learning_rate": 1e12}], ids=["trains", "diverges"]
+)
 def test_a_fork_is_bit_identical_to_training_the_prefix(tiny_corpus_dir, tmp_path, overrides):
     corpus = load_corpus(tiny_corpus_dir)
-    first, second = (make_config({**overrides, "epochs": 4, "decay_start": 2, "lr_decay": d}, preset="test") for d in (0.5, 0.9))
+    first, second = (
+        make_config({**overrides, "epochs": 4, "decay_start": 2, "lr_decay": d}, preset="test") for d in (0.5, 0.9)
+    )
     plan = plan_for(first, tmp_path)
     _, first_reports = run_trial(first, corpus, plan, "first")
     assert not any(report[m.SHARED_PREFIX] for report in first_reports)
@@ -225,7 +237,9 @@ def test_prefixes_are_stored_on_s3_storage(tiny_corpus_dir, s3_bucket):
     corpus = load_corpus(tiny_corpus_dir)
     config = make_config({"epochs": 3, "decay_start": 2}, preset="test")
     prefix = prefix_of(config, first_rung=None)
-    plan = SharingPlan("test", None, {prefix.key: PrefixGroup(2, 2)}, f"s3://key:secret@bucket/results/study/prefixes?{query}")
+    plan = SharingPlan(
+        "test", None, {prefix.key: PrefixGroup(2, 2)}, f"s3://key:secret@bucket/results/study/prefixes?{query}"
+    )
     _, reports = run_trial(config, corpus, plan)
     assert plan.is_stored(prefix.key)
     names = [info.base_name for info in bucket.get_file_info(pafs.FileSelector("bucket/results/study/prefixes"))]
@@ -373,7 +387,7 @@ def test_sharing_sweep_equals_the_unshared_one_with_workers_killed(ray_session, 
     assert trained == len(epochs) - 3 < len(unshared[1])
     # The seconds of a shared epoch count once, for the trial that trained it.
     forks = epochs[epochs[m.SHARED_PREFIX]].groupby("trial_id")
-    for trial_id, shared in forks:
+    for trial_id, _shared in forks:
         own = epochs[(epochs["trial_id"] == trial_id) & ~epochs[m.SHARED_PREFIX]][m.EPOCH_SECONDS].sum()
         assert trials.set_index("trial_id").loc[trial_id, "seconds"] == pytest.approx(own)
 
@@ -390,7 +404,9 @@ def test_an_errored_prefix_is_trained_by_the_trial_that_waited_for_it(ray_sessio
 
 
 @pytest.mark.slow
-def test_a_sweep_resumed_after_its_driver_was_killed_shares_the_same_way(ray_session, sharing_space, unshared, tmp_path):
+def test_a_sweep_resumed_after_its_driver_was_killed_shares_the_same_way(
+    ray_session, sharing_space, unshared, tmp_path
+):
     space, data = sharing_space
     args = [str(space), "--storage", str(tmp_path), "--data-dir", str(data), "--address", ray_session]
     prefixes = tmp_path / "sharing" / "prefixes"

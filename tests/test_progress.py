@@ -3,6 +3,7 @@ Ray, the closing lines of an interrupted sweep, and Ctrl-C on a real sweep."""
 
 import io
 import logging
+import math
 import os
 import pickle
 import signal
@@ -12,16 +13,20 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import ray
 from ray import tune
 from rich.console import Console
 
 from study import metrics as m
-from study.sweep.progress import LINE_SECONDS, SweepProgress, progress_sender, quiet_ray, start_board
+from study.sweep.board import progress_sender, quiet_ray, start_board
+from study.sweep.cli import closing_summary, options_from_args, parse_args, resume_command
+from study.sweep.progress import LINE_SECONDS, SweepProgress, trial_label
 from study.sweep.space_file import load_space
-from study.sweep.cli import options_from_args, parse_args, resume_command
 from study.train.trainer import EpochProgress
+
+from helpers import sweep_args
 
 
 class Clock:
@@ -34,15 +39,20 @@ class Clock:
 
 def trial(trial_id: str, max_grad_norm: float, status: str = "PENDING", epoch: int | None = None):
     return SimpleNamespace(
-        trial_id=trial_id, status=status, config={"max_grad_norm": max_grad_norm, "lr_decay": 0.5, "seed": 0},
-        last_result={} if epoch is None else {m.EPOCH: epoch}, path=f"/results/{trial_id}",
+        trial_id=trial_id,
+        status=status,
+        config={"max_grad_norm": max_grad_norm, "lr_decay": 0.5, "seed": 0},
+        last_result={} if epoch is None else {m.EPOCH: epoch},
+        path=f"/results/{trial_id}",
     )
 
 
 def tracker(mode: str, clock: Clock, **kwargs) -> tuple[SweepProgress, io.StringIO]:
     out = io.StringIO()
     console = Console(file=out, width=150, force_terminal=mode == "live", color_system=None)
-    options = dict(total_trials=4, epochs=4, brackets=[(1.0, (2,))], reduction_factor=2, seconds_per_epoch=50.0, concurrency=2)
+    options = dict(
+        total_trials=4, epochs=4, brackets=[(1.0, (2,))], reduction_factor=2, seconds_per_epoch=50.0, concurrency=2
+    )
     options.update(kwargs)
     space = load_space("grad_clip")
     label = SweepProgress.for_sweep(space, 13, 1, None, None, None, console=console).label
@@ -66,7 +76,7 @@ def test_view_shows_running_trials_inside_their_epoch_and_the_study_counts():
     view.apply({"a": (2, 0.4, 3500.0), "b": (1, 0.7, 3400.0), "gone": (1, 0.5, 1.0)})
     clock.now += 30
     text = render(view)
-    assert "max_grad_norm=0.25 lr_decay=0.5 seed=0" in text and "40% of epoch 2/4, 3,500 words/s" in text
+    assert "max_grad_norm=0.25, lr_decay=0.5, seed=0" in text and "40% of epoch 2/4, 3,500 words/s" in text
     assert "70% of epoch 1/4, 3,400 words/s" in text
     # Expected: 4 trials x (2 + 2/2) epochs = 12; 1 done; 2 running, none finished, 2 never seen.
     assert "1/~12 trial-epochs | 2 running, 0 done, 2 waiting | 30 s in" in text
@@ -110,8 +120,11 @@ def test_plain_output_has_no_control_codes_and_a_modest_rate():
     lines = out.getvalue().splitlines()
     assert "\x1b" not in out.getvalue()
     assert len(lines) == 3, lines
-    assert lines[0].startswith("0/~12 trial-epochs | 1 running") and "max_grad_norm=0.5 lr_decay=0.5 seed=0 epoch 1/4" in lines[0]
-    assert lines[1] == "max_grad_norm=0.5 lr_decay=0.5 seed=0: epoch 1/4, valid_ppl 149.00, 100 s"
+    assert (
+        lines[0].startswith("0/~12 trial-epochs | 1 running")
+        and "max_grad_norm=0.5, lr_decay=0.5, seed=0: epoch 1/4" in lines[0]
+    )
+    assert lines[1] == "max_grad_norm=0.5, lr_decay=0.5, seed=0: epoch 1/4, valid_ppl 149.00, 100 s"
     assert lines[2].startswith("1/~12 trial-epochs")
 
 
@@ -123,7 +136,7 @@ def test_live_view_draws_on_a_terminal_and_leaves_its_last_frame():
     view.on_trial_result(0, [a], a, epoch_result(1))
     view.on_experiment_end([a])
     text = out.getvalue()
-    assert "max_grad_norm=20 lr_decay=0.5 seed=0: epoch 1/4, valid_ppl 149.00, 100 s" in text
+    assert "max_grad_norm=20, lr_decay=0.5, seed=0: epoch 1/4, valid_ppl 149.00, 100 s" in text
     assert "1/~12 trial-epochs" in text and "\x1b[" in text  # redrawn in place
 
 
@@ -138,6 +151,36 @@ def test_a_resumed_sweep_counts_the_trials_finished_before():
     waiting.last_result = {m.EPOCH: 4, m.TEST_PPL: 120.0}
     view.on_trial_complete(0, [done, waiting], waiting)
     assert not view.interrupted
+
+
+def test_trials_are_labelled_as_the_report_labels_their_settings():
+    grad_clip, clip_modes = load_space("grad_clip"), load_space("clip_modes")
+    assert (
+        trial_label({"max_grad_norm": math.inf, "lr_decay": 1.0, "seed": 1}, grad_clip)
+        == "max_grad_norm=none, lr_decay=1, seed=1"
+    )
+    case = {"clip_mode": "none", "max_grad_norm": 5.0, "clip_percentile": 10.0}  # as Ray resolves a cases group
+    assert (
+        trial_label({"clip": case, "seed": 0}, clip_modes) == "none, seed=0"
+    )  # no clipping: its threshold means nothing
+    case = {"clip_mode": "per_tensor_norm", "max_grad_norm": 3.5, "clip_percentile": 10.0}
+    assert trial_label(
+        {"clip": case, "seed": 0}, clip_modes, keys=["clip_mode", "max_grad_norm", "clip_percentile"]
+    ) == ("per_tensor_norm (max_grad_norm=3.5)")
+
+
+def test_finished_trials_get_the_status_the_report_gives_them():
+    view, _ = tracker("quiet", Clock())
+    done, stopped, diverged, failed = (trial(name, 1.0) for name in "abcd")
+    done.last_result = {m.EPOCH: 4, m.TEST_PPL: 120.0}
+    stopped.last_result = {m.EPOCH: 2}
+    diverged.last_result = {m.EPOCH: 1, m.DIVERGED: True}
+    for t in (done, stopped, diverged):
+        view.on_trial_complete(0, [], t)
+    view.on_trial_error(0, [], failed)
+    states = {trial_id: v.state for trial_id, v in view.views.items()}
+    assert states == {"a": m.COMPLETED, "b": m.STOPPED_EARLY, "c": m.DIVERGED, "d": m.ERROR}
+    assert set(states.values()) <= set(m.STATUSES) and view.counts()["done"] == 4 and not view.interrupted
 
 
 def test_interrupted_sweep_says_what_is_kept_and_lost_and_how_to_resume(tmp_path):
@@ -155,7 +198,9 @@ def test_interrupted_sweep_says_what_is_kept_and_lost_and_how_to_resume(tmp_path
     view.on_experiment_end([a, b, c])
     assert view.interrupted
 
-    args = parse_args(["grad_clip", "--storage", str(tmp_path / "out"), "--cpus-per-trial", "0.5", "--max-failures", "3"])
+    args = parse_args(
+        ["grad_clip", "--storage", str(tmp_path / "out"), "--cpus-per-trial", "0.5", "--max-failures", "3"]
+    )
     command = resume_command(args, options_from_args(args), "/data/ptb")
     assert command == (
         f"python -m study.sweep grad_clip --storage {tmp_path / 'out'} --data-dir /data/ptb "
@@ -163,10 +208,41 @@ def test_interrupted_sweep_says_what_is_kept_and_lost_and_how_to_resume(tmp_path
     )
     lines = view.interruption_lines(str(tmp_path / "out" / "grad_clip"), command)
     assert lines[0].startswith("Interrupted. Kept: 3 finished trial-epochs of 2 trials")
-    assert lines[1].startswith("Dropped: 2 trials were inside an epoch: 0.4 and 0.7 of an epoch lost (80 s of training)")
+    assert lines[1].startswith(
+        "Dropped: 2 trials were inside an epoch: 0.4 and 0.7 of an epoch lost (80 s of training)"
+    )
     assert lines[2] == "1 trial has not started."
     assert lines[3] == f"Resume: {command}"
     assert parse_args(command.split()[3:]).resume  # the command parses back
+
+
+def test_the_closing_lines_name_errors_and_leave_the_best_setting_to_the_report(tmp_path):
+    """The report prints the one Best line (in its labels); the closing lines do not rank again, and
+    never call Ray's get_best_result (it warns when no trial has a finite value)."""
+
+    def result(max_grad_norm, seed, valid, error=None):
+        history = pd.DataFrame({m.EPOCH: range(1, len(valid) + 1), m.VALID_PPL: valid})
+        return SimpleNamespace(
+            config={"max_grad_norm": max_grad_norm, "lr_decay": 0.5, "seed": seed},
+            error=error,
+            path=f"/out/t{max_grad_norm}-{seed}",
+            metrics=history.iloc[-1].to_dict() if valid else {},
+            metrics_dataframe=history,
+        )
+
+    options = options_from_args(parse_args(["grad_clip", "--storage", str(tmp_path)]))
+    results = [
+        result(5.0, 0, [200.0, 120.0]),
+        result(1.0, 0, [100.0], error=RuntimeError("worker died\nOSError: disk full")),
+    ]
+    lines = closing_summary(options, results, "python -m study.sweep grad_clip --resume").splitlines()
+    assert lines[:3] == [
+        "2 trials, 1 errored after their retries:",
+        "  t1.0-0: OSError: disk full",
+        "Once the cause is fixed, retry them from their last checkpoints: python -m study.sweep grad_clip --resume",
+    ]
+    assert not any(line.startswith("Best") for line in lines)
+    assert "No trial finished an epoch" in closing_summary(options, [result(5.0, 0, [])])
 
 
 def test_the_view_pickles_as_a_plain_callback():
@@ -185,7 +261,7 @@ def test_quiet_ray_drops_only_the_messages_the_view_replaces(monkeypatch):
     logger = loggers[0]
     try:
         quiet_ray()
-        record = lambda text: logger.makeRecord(logger.name, logging.WARNING, __file__, 1, text, (), None)  # noqa: E731
+        record = lambda text: logger.makeRecord(logger.name, logging.WARNING, __file__, 1, text, (), None)
         assert not logger.filter(record("Experiment has been interrupted, but the most recent state was saved."))
         assert logger.filter(record("Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run."))
     finally:
@@ -233,14 +309,20 @@ scheduler: {grace_period: 10, reduction_factor: 2}
 def test_ctrl_c_on_a_real_sweep_prints_the_resume_command_and_exits_130(ray_session, tiny_corpus_dir, tmp_path):
     space = tmp_path / "stop.yaml"
     space.write_text(SPACE)
-    args = [str(space), "--storage", str(tmp_path / "out"), "--data-dir", str(tiny_corpus_dir), "--address", ray_session]
+    args = sweep_args(space, tmp_path / "out", tiny_corpus_dir, ray_session)
     process = subprocess.Popen(
-        [sys.executable, "-m", "study.sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "study.sweep", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},  # the calibration is timed on the tiny corpus
     )
     try:
         deadline = time.time() + 120
-        while not any(p.stat().st_size for p in (tmp_path / "out" / "stop").glob("*/result.json")) and time.time() < deadline:
+        while (
+            not any(p.stat().st_size for p in (tmp_path / "out" / "stop").glob("*/result.json"))
+            and time.time() < deadline
+        ):
             time.sleep(0.5)
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=300)[0]
@@ -253,7 +335,19 @@ def test_ctrl_c_on_a_real_sweep_prints_the_resume_command_and_exits_130(ray_sess
     assert "trial-epochs |" in output and "valid_ppl" in output  # the status and epoch lines
     assert "Trial status" not in output and "Tuner.restore" not in output  # Ray's own output is replaced
     resume = next(line for line in output.splitlines() if line.startswith("Resume: "))
-    assert resume == "Resume: " + " ".join(["python", "-m", "study.sweep", *args[:3], "--data-dir", str(tiny_corpus_dir), "--address", ray_session, "--resume"])
+    assert resume == "Resume: " + " ".join(
+        [
+            "python",
+            "-m",
+            "study.sweep",
+            *args[:3],
+            "--data-dir",
+            str(tiny_corpus_dir),
+            "--address",
+            ray_session,
+            "--resume",
+        ]
+    )
     assert Path(tmp_path / "out" / "stop").is_dir()
 
 

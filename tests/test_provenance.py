@@ -24,8 +24,13 @@ def test_a_change_in_any_wing_or_the_core_or_a_space_changes_the_hash(tmp_path):
     copy = copy_of_sources(tmp_path)
     before = source_hash(copy)
     hashes = {before}
-    for changed in ("study/train/trainer.py", "study/sweep/tuner.py", "study/report/summary.py", "study/config.py",
-                    "search_spaces/grad_clip.yaml"):
+    for changed in (
+        "study/train/trainer.py",
+        "study/sweep/tuner.py",
+        "study/report/summary.py",
+        "study/config.py",
+        "search_spaces/grad_clip.yaml",
+    ):
         with (copy / changed).open("a") as file:
             file.write("\n# changed\n")
         hashes.add(source_hash(copy))

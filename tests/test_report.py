@@ -25,14 +25,12 @@ import pytest
 from ray import cloudpickle, tune
 
 from study import metrics as m
-from study.report import collect as collect_module
 from study import tables
-from study.report import comparison
-from study.report import plots
 from study.report import build as report
-from study.report.collect import collect
-from study.report.comparison import compare, pivot
+from study.report import comparison, plots
 from study.report.build import main, write_report
+from study.report.collect import collect, load_experiment
+from study.report.comparison import compare, pivot
 
 EPOCHS = 4
 SPACE_TEXT = """description: >-
@@ -44,8 +42,14 @@ vary:
 seeds: [0, 1]
 """
 SHA = {"ptb.train.txt": "a" * 64, "ptb.valid.txt": "b" * 64, "ptb.test.txt": "c" * 64}
-STUDY = {"space": "dummy", "space_text": SPACE_TEXT, "preset": "test", "epochs": EPOCHS,
-         "varied": ["max_grad_norm", "lr_decay", "seed"], "data_sha256": SHA}
+STUDY = {
+    "space": "dummy",
+    "space_text": SPACE_TEXT,
+    "preset": "test",
+    "epochs": EPOCHS,
+    "varied": ["max_grad_norm", "lr_decay", "seed"],
+    "data_sha256": SHA,
+}
 CASES = [
     {"clip_mode": "global_norm", "max_grad_norm": 5.0},
     {"clip_mode": "value", "max_grad_norm": 1.7},
@@ -69,10 +73,18 @@ def dummy_trainable(config):
         valid = math.inf if diverged else valid_ppl(c, decay, seed, epoch)
         p50 = 0.5 * epoch + decay
         result = {
-            m.EPOCH: epoch, m.LR: decay ** epoch, m.TRAIN_PPL: valid - 10, m.VALID_PPL: valid,
-            m.GRAD_NORM_MEAN: 1.1 * p50, m.GRAD_NORM_P50: p50, m.GRAD_NORM_P90: 2 * p50, m.GRAD_NORM_MAX: 4 * p50,
+            m.EPOCH: epoch,
+            m.LR: decay**epoch,
+            m.TRAIN_PPL: valid - 10,
+            m.VALID_PPL: valid,
+            m.GRAD_NORM_MEAN: 1.1 * p50,
+            m.GRAD_NORM_P50: p50,
+            m.GRAD_NORM_P90: 2 * p50,
+            m.GRAD_NORM_MAX: 4 * p50,
             m.CLIP_FRACTION: 0.0 if math.isinf(c) else min(1.0, p50 / (2 * c)),
-            m.WORDS_PER_SEC: 1000.0, m.EPOCH_SECONDS: 0.5, m.DIVERGED: diverged,
+            m.WORDS_PER_SEC: 1000.0,
+            m.EPOCH_SECONDS: 0.5,
+            m.DIVERGED: diverged,
         }
         if epoch == epochs:
             result[m.TEST_PPL] = valid - 5
@@ -85,7 +97,8 @@ def run_experiment(storage: Path, name: str, space: dict) -> Path:
     # Ray's workers cannot import this test module: send the trainable as code, not as a name.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     tune.Tuner(
-        dummy_trainable, param_space=space,
+        dummy_trainable,
+        param_space=space,
         tune_config=tune.TuneConfig(reuse_actors=True),  # one worker start per CPU, not per trial
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0),
     ).fit()
@@ -97,13 +110,28 @@ def experiments(ray_session, tmp_path_factory) -> dict[str, Path]:
     storage = tmp_path_factory.mktemp("storage")
     (storage / "grid").mkdir()
     (storage / "grid" / "study.json").write_text(json.dumps(STUDY))  # as the sweep writes it, before fit
-    grid = run_experiment(storage, "grid", {
-        "max_grad_norm": tune.grid_search([1.0, math.inf]), "lr_decay": tune.grid_search([0.5, 1.0]),
-        "seed": tune.grid_search([0, 1]), "epochs": EPOCHS, "momentum": 0.0,
-    })
-    cases = run_experiment(storage, "cases", {
-        "clip": tune.grid_search(CASES), "lr_decay": 0.5, "seed": 0, "epochs": 3, "momentum": 0.0,
-    })
+    grid = run_experiment(
+        storage,
+        "grid",
+        {
+            "max_grad_norm": tune.grid_search([1.0, math.inf]),
+            "lr_decay": tune.grid_search([0.5, 1.0]),
+            "seed": tune.grid_search([0, 1]),
+            "epochs": EPOCHS,
+            "momentum": 0.0,
+        },
+    )
+    cases = run_experiment(
+        storage,
+        "cases",
+        {
+            "clip": tune.grid_search(CASES),
+            "lr_decay": 0.5,
+            "seed": 0,
+            "epochs": 3,
+            "momentum": 0.0,
+        },
+    )
     return {"grid": grid, "cases": cases}
 
 
@@ -132,9 +160,14 @@ def test_trials_table_has_one_row_per_trial_with_status_and_flat_config(reported
     assert len(trials) == 8 and trials["trial_id"].is_unique
     status = {(r.max_grad_norm, r.lr_decay, r.seed): r.status for r in trials.itertuples()}
     assert status == {
-        (1.0, 0.5, 0): "completed", (1.0, 0.5, 1): "completed", (1.0, 1.0, 0): "completed", (1.0, 1.0, 1): "completed",
-        (math.inf, 0.5, 0): "completed", (math.inf, 0.5, 1): "diverged",
-        (math.inf, 1.0, 0): "stopped_early", (math.inf, 1.0, 1): "diverged",
+        (1.0, 0.5, 0): "completed",
+        (1.0, 0.5, 1): "completed",
+        (1.0, 1.0, 0): "completed",
+        (1.0, 1.0, 1): "completed",
+        (math.inf, 0.5, 0): "completed",
+        (math.inf, 0.5, 1): "diverged",
+        (math.inf, 1.0, 0): "stopped_early",
+        (math.inf, 1.0, 1): "diverged",
     }
     stopped = by_setting(trials, max_grad_norm=math.inf, lr_decay=1.0, seed=0)
     assert stopped["epochs_run"] == 2 and math.isnan(stopped["test_ppl"])
@@ -148,7 +181,9 @@ def test_trials_table_has_one_row_per_trial_with_status_and_flat_config(reported
 
     cases = pd.read_parquet(reported["cases"].trials)
     assert "clip" not in cases.columns  # the cases label is flattened away
-    assert sorted(zip(cases["clip_mode"], cases["max_grad_norm"])) == sorted((c["clip_mode"], c["max_grad_norm"]) for c in CASES)
+    assert sorted(zip(cases["clip_mode"], cases["max_grad_norm"])) == sorted(
+        (c["clip_mode"], c["max_grad_norm"]) for c in CASES
+    )
 
 
 @pytest.mark.slow
@@ -195,7 +230,7 @@ def test_comparison_matches_hand_computed_means_and_t_intervals(reported):
 
 
 def test_interval_is_student_t_and_empty_below_two():
-    n, mean, std, low, high = comparison.interval(pd.Series([1.0, 2.0, 3.0, math.inf]))
+    n, mean, std, _low, high = comparison.interval(pd.Series([1.0, 2.0, 3.0, math.inf]))
     assert (n, mean, std) == (3, 2.0, 1.0)
     assert high - mean == pytest.approx(4.302652729749464 / math.sqrt(3))  # t(0.975, 2) from a table
     assert comparison.interval(pd.Series([5.0]))[1:] == (5.0, *(pytest.approx(math.nan, nan_ok=True),) * 3)
@@ -204,7 +239,7 @@ def test_interval_is_student_t_and_empty_below_two():
 
 @pytest.mark.slow
 def test_pivot_puts_max_grad_norm_down_and_labels_inf_none(experiments, reported):
-    experiment = collect_module.load_experiment(experiments["grid"])
+    experiment = load_experiment(experiments["grid"])
     grid = pivot(compare(experiment.trials, experiment.factors), experiment.factors)
     table = grid.grid("best_valid_ppl_mean")
     assert (grid.row_title, grid.column_title) == ("max_grad_norm", "lr_decay")
@@ -212,12 +247,14 @@ def test_pivot_puts_max_grad_norm_down_and_labels_inf_none(experiments, reported
     assert table.loc["1", "0.5"] == pytest.approx(115.5)
     summary = Path(reported["grid"].summary).read_text()
     assert "| max_grad_norm \\ lr_decay | 0.5 | 1 |" in summary
-    assert "| none | 128.0 ± 9.1 (1/2 diverged) | 141.0 ± 9.1 (1/2 diverged) |" in summary and not re.search(r"\binf\b", summary)
+    assert "| none | 128.0 ± 9.1 (1/2 diverged) | 141.0 ± 9.1 (1/2 diverged) |" in summary and not re.search(
+        r"\binf\b", summary
+    )
 
 
 @pytest.mark.slow
 def test_cases_space_gets_one_row_per_case(experiments):
-    experiment = collect_module.load_experiment(experiments["cases"])
+    experiment = load_experiment(experiments["cases"])
     assert [(f.name, f.keys, f.is_case) for f in experiment.factors] == [("clip", ("clip_mode", "max_grad_norm"), True)]
     grid = pivot(compare(experiment.trials, experiment.factors), experiment.factors)
     table = grid.grid("best_valid_ppl_mean")
@@ -229,9 +266,13 @@ def test_cases_space_gets_one_row_per_case(experiments):
 def test_summary_answers_first(reported):
     lines = Path(reported["grid"].summary).read_text().splitlines()
     assert lines[0] == "# Study dummy: Dummy study for the report's tests: clipping x decay."
-    assert lines[2].startswith("Studied: space `dummy`, preset test, 4 epochs per trial, 8 trials (4 settings x 2 seeds)")
+    assert lines[2].startswith(
+        "Studied: space `dummy`, preset test, 4 epochs per trial, 8 trials (4 settings x 2 seeds)"
+    )
     assert "Budget: 28 of 32 epochs trained" in lines[2]
-    assert lines[4].startswith("**Best: max_grad_norm=1, lr_decay=0.5**, mean best validation perplexity 115.5 [95% CI 109.0, 122.0], n=2")
+    assert lines[4].startswith(
+        "**Best: max_grad_norm=1, lr_decay=0.5**, mean best validation perplexity 115.5 [95% CI 109.0, 122.0], n=2"
+    )
     assert "Not distinguishable from it (intervals overlap): max_grad_norm=1, lr_decay=1 (125.5" in lines[4]
     text = "\n".join(lines)
     for picture in plots.FILES.values():
@@ -314,7 +355,9 @@ def edit_state(folder: Path, edit) -> None:
 @pytest.mark.slow
 def test_partial_experiment_with_unfinished_error_and_rereported_trials(experiments, tmp_path):
     folder = copy_experiment(experiments["grid"], tmp_path)
-    clipped = lambda trial, decay, seed: trial["config"] == {**trial["config"], "max_grad_norm": 1.0, "lr_decay": decay, "seed": seed}  # noqa: E731
+    clipped = lambda trial, decay, seed: (
+        trial["config"] == {**trial["config"], "max_grad_norm": 1.0, "lr_decay": decay, "seed": seed}
+    )
     redo = {}
 
     def edit(trial, meta):
@@ -339,7 +382,9 @@ def test_partial_experiment_with_unfinished_error_and_rereported_trials(experime
     paths = write_report(str(folder), quiet=True)
     trials = pd.read_parquet(paths.trials)
     status = {(r.max_grad_norm, r.lr_decay, r.seed): r.status for r in trials.itertuples()}
-    assert status[(1.0, 1.0, 1)] == "running" and status[(1.0, 0.5, 1)] == "pending" and status[(1.0, 1.0, 0)] == "error"
+    assert (
+        status[(1.0, 1.0, 1)] == "running" and status[(1.0, 0.5, 1)] == "pending" and status[(1.0, 1.0, 0)] == "error"
+    )
     assert by_setting(trials, max_grad_norm=1.0, lr_decay=0.5, seed=1)["epochs_run"] == 0
 
     epochs = pd.read_parquet(paths.epochs)
@@ -375,7 +420,10 @@ def test_partial_experiment_with_no_second_seed_yet_says_intervals_are_to_come(e
 def test_a_failed_refresh_leaves_the_previous_report_whole(experiments, tmp_path, monkeypatch):
     folder = copy_experiment(experiments["cases"], tmp_path)
     paths = write_report(str(folder), quiet=True)
-    before = {name: (folder / name).read_bytes() for name in ("trials.parquet", "epochs.parquet", "summary.md", plots.FILES["heatmap"])}
+    before = {
+        name: (folder / name).read_bytes()
+        for name in ("trials.parquet", "epochs.parquet", "summary.md", plots.FILES["heatmap"])
+    }
     real_write = pq.write_table
     calls = []
 
@@ -399,7 +447,10 @@ def test_a_failed_refresh_leaves_the_previous_report_whole(experiments, tmp_path
 
     monkeypatch.setattr(plots, "save", failing_plot)
     (folder / "trials.parquet").unlink()  # so that the new tables are seen to arrive
-    with pytest.raises(report.ReportFailed, match="the plots and summary failed .RuntimeError: renderer crashed.; the tables were written"):
+    with pytest.raises(
+        report.ReportFailed,
+        match=r"the plots and summary failed .RuntimeError: renderer crashed.; the tables were written",
+    ):
         write_report(str(folder), quiet=True)
     # The tables are published; the old summary and plots, which would describe other tables, are gone.
     assert len(pd.read_parquet(folder / "trials.parquet")) == len(pd.read_parquet(paths.trials))
@@ -454,7 +505,9 @@ def error_of(argv, capsys) -> str:
 
 def test_missing_empty_and_foreign_folders_are_one_line_errors(tmp_path, capsys):
     missing = tmp_path / "nope"
-    assert f"{missing}: no such folder, expected the folder of one Ray Tune experiment" in error_of([str(missing)], capsys)
+    assert f"{missing}: no such folder, expected the folder of one Ray Tune experiment" in error_of(
+        [str(missing)], capsys
+    )
     (tmp_path / "empty").mkdir()
     assert "empty: the folder is empty, expected" in error_of([str(tmp_path / "empty")], capsys)
     foreign = tmp_path / "foreign"
@@ -472,9 +525,7 @@ def test_storage_root_error_names_the_experiments_inside(tmp_path, capsys):
 
 
 def test_command_line_error_exits_2_with_one_line(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "study.report", str(tmp_path / "nope")], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "study.report", str(tmp_path / "nope")], capture_output=True, text=True
+    )
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nope: no such folder" in done.stderr
-
-
-def test_format_value_labels_inf_none():
-    assert [comparison.format_value(v) for v in (math.inf, 5.0, 0.25, 1, True, "value")] == ["none", "5", "0.25", "1", "true", "value"]

@@ -58,21 +58,32 @@ def test_every_domain_kind_becomes_its_ray_domain(tmp_path):
     lr = params["learning_rate"]
     assert isinstance(lr, Float) and isinstance(lr.sampler, Float._LogUniform) and (lr.lower, lr.upper) == (0.01, 10.0)
     keep = params["keep_prob"]
-    assert isinstance(keep, Float) and isinstance(keep.sampler, Float._Uniform) and (keep.lower, keep.upper) == (0.3, 1.0)
+    assert (
+        isinstance(keep, Float) and isinstance(keep.sampler, Float._Uniform) and (keep.lower, keep.upper) == (0.3, 1.0)
+    )
     hidden = params["hidden_size"]
     assert isinstance(hidden, Integer) and (hidden.lower, hidden.upper) == (100, 300)  # upper excluded, as Ray's
     # Cases: complete dicts under the label, and no plain value beside them for the settings they set.
-    assert params["clip"] == {"grid_search": [
-        {"clip_mode": "value", "clip_percentile": 20.0},
-        {"clip_mode": "adaptive", "clip_percentile": 10.0},
-    ]}
+    assert params["clip"] == {
+        "grid_search": [
+            {"clip_mode": "value", "clip_percentile": 20.0},
+            {"clip_mode": "adaptive", "clip_percentile": 10.0},
+        ]
+    }
     assert "clip_mode" not in params and "clip_percentile" not in params
     assert params["seed"] == {"grid_search": [0, 1]}
     # Everything else is the base config as a plain value.
     assert params["epochs"] == 5 and params["num_steps"] == PRESETS["small"].num_steps
 
     assert space.varied_keys() == [
-        "max_grad_norm", "momentum", "learning_rate", "keep_prob", "hidden_size", "clip_mode", "clip_percentile", "seed",
+        "max_grad_norm",
+        "momentum",
+        "learning_rate",
+        "keep_prob",
+        "hidden_size",
+        "clip_mode",
+        "clip_percentile",
+        "seed",
     ]
     assert space.trial_count() == 3 * 2 * 2 * 3  # grid x cases x seeds x num_samples; sampled domains add none
     assert len(variants(space)) == 3 * 2 * 2  # Ray's own expansion of one sample
@@ -92,7 +103,7 @@ def test_trial_config_lets_a_case_override_a_plain_value_and_refuses_bad_keys():
     assert (config.clip_mode, config.max_grad_norm) == ("value", 0.1)
     with pytest.raises(UsageError, match="unknown key 'nonsense'"):
         trial_config({"clip": {"nonsense": 1}}, "test")
-    with pytest.raises(UsageError, match="a.clip_mode: also set by"):
+    with pytest.raises(UsageError, match=r"a.clip_mode: also set by"):
         trial_config({"b": {"clip_mode": "none"}, "a": {"clip_mode": "value"}}, "test")
 
 
@@ -104,31 +115,67 @@ BAD_FILES = {
     "description missing": ("preset: small\n", "description: missing"),
     "unknown top-level key": ("description: d\nvaries: {}\n", "varies: unknown key"),
     "unknown preset": ("description: d\npreset: huge\n", "preset: unknown preset 'huge'"),
-    "unknown domain kind": ("description: d\nvary: {lr_decay: {gird: [0.5]}}\n", "vary.lr_decay: unknown domain 'gird'"),
+    "unknown domain kind": (
+        "description: d\nvary: {lr_decay: {gird: [0.5]}}\n",
+        "vary.lr_decay: unknown domain 'gird'",
+    ),
     "two domains": ("description: d\nvary: {lr_decay: {grid: [0.5], choice: [1.0]}}\n", "vary.lr_decay:"),
     "vary key not a setting": ("description: d\nvary: {max_grad: {grid: [1]}}\n", "vary.max_grad: not a run setting"),
-    "grid value invalid": ("description: d\nvary: {max_grad_norm: {grid: [1, -1]}}\n", "vary.max_grad_norm.grid[1]: -1"),
-    "choice value invalid": ("description: d\nvary: {clip_mode: {choice: [value, clever]}}\n", "vary.clip_mode.choice[1]"),
+    "grid value invalid": (
+        "description: d\nvary: {max_grad_norm: {grid: [1, -1]}}\n",
+        "vary.max_grad_norm.grid[1]: -1",
+    ),
+    "choice value invalid": (
+        "description: d\nvary: {clip_mode: {choice: [value, clever]}}\n",
+        "vary.clip_mode.choice[1]",
+    ),
     "empty grid": ("description: d\nvary: {lr_decay: {grid: []}}\n", "vary.lr_decay.grid"),
-    "repeated grid value": ("description: d\nvary: {max_grad_norm: {grid: [1, 1.0]}}\n", "vary.max_grad_norm.grid: 1.0 appears twice"),
+    "repeated grid value": (
+        "description: d\nvary: {max_grad_norm: {grid: [1, 1.0]}}\n",
+        "vary.max_grad_norm.grid: 1.0 appears twice",
+    ),
     "uniform reversed": ("description: d\nvary: {keep_prob: {uniform: [0.9, 0.3]}}\n", "vary.keep_prob.uniform"),
     "uniform one bound": ("description: d\nvary: {keep_prob: {uniform: [0.3]}}\n", "vary.keep_prob.uniform"),
     "uniform bound invalid": ("description: d\nvary: {keep_prob: {uniform: [0.5, 2]}}\n", "vary.keep_prob.uniform[1]"),
-    "loguniform from 0": ("description: d\nvary: {learning_rate: {loguniform: [0, 1]}}\n", "vary.learning_rate.loguniform"),
+    "loguniform from 0": (
+        "description: d\nvary: {learning_rate: {loguniform: [0, 1]}}\n",
+        "vary.learning_rate.loguniform",
+    ),
     "uniform on an integer": ("description: d\nvary: {hidden_size: {uniform: [10, 20]}}\n", "vary.hidden_size.uniform"),
     "randint of floats": ("description: d\nvary: {hidden_size: {randint: [10.5, 20]}}\n", "vary.hidden_size.randint"),
     "epochs varied": ("description: d\nvary: {epochs: {grid: [3, 4]}}\n", "vary.epochs: epochs cannot vary"),
     "fixed key unknown": ("description: d\nfixed: {dropout: 0.5}\n", "fixed.dropout: not a run setting"),
     "fixed value invalid": ("description: d\nfixed: {keep_prob: 2}\n", "fixed.keep_prob: 2"),
-    "fixed and varied": ("description: d\nfixed: {lr_decay: 0.5}\nvary: {lr_decay: {grid: [0.5, 1]}}\n", "vary.lr_decay: lr_decay is also set in fixed"),
-    "cases labelled by a setting": ("description: d\nvary: {clip_mode: {cases: [{clip_mode: none}]}}\n", "vary.clip_mode:"),
-    "case value invalid": ("description: d\nvary: {c: {cases: [{clip_mode: none}, {max_grad_norm: 0}]}}\n", "vary.c.cases[1].max_grad_norm: 0"),
-    "case key unknown": ("description: d\nvary: {c: {cases: [{clip: none}]}}\n", "vary.c.cases[0].clip: not a run setting"),
-    "case key also varied": ("description: d\nvary:\n  clip_mode: {grid: [none, value]}\n  c: {cases: [{clip_mode: none}]}\n", "vary.c.cases[0].clip_mode: clip_mode is also varied by vary.clip_mode"),
+    "fixed and varied": (
+        "description: d\nfixed: {lr_decay: 0.5}\nvary: {lr_decay: {grid: [0.5, 1]}}\n",
+        "vary.lr_decay: lr_decay is also set in fixed",
+    ),
+    "cases labelled by a setting": (
+        "description: d\nvary: {clip_mode: {cases: [{clip_mode: none}]}}\n",
+        "vary.clip_mode:",
+    ),
+    "case value invalid": (
+        "description: d\nvary: {c: {cases: [{clip_mode: none}, {max_grad_norm: 0}]}}\n",
+        "vary.c.cases[1].max_grad_norm: 0",
+    ),
+    "case key unknown": (
+        "description: d\nvary: {c: {cases: [{clip: none}]}}\n",
+        "vary.c.cases[0].clip: not a run setting",
+    ),
+    "case key also varied": (
+        "description: d\nvary:\n  clip_mode: {grid: [none, value]}\n  c: {cases: [{clip_mode: none}]}\n",
+        "vary.c.cases[0].clip_mode: clip_mode is also varied by vary.clip_mode",
+    ),
     "cases empty": ("description: d\nvary: {c: {cases: []}}\n", "vary.c.cases"),
-    "repeated case": ("description: d\nvary: {c: {cases: [{clip_mode: none}, {clip_mode: none}]}}\n", "vary.c.cases[1]"),
+    "repeated case": (
+        "description: d\nvary: {c: {cases: [{clip_mode: none}, {clip_mode: none}]}}\n",
+        "vary.c.cases[1]",
+    ),
     "grace_period < 1": ("description: d\nscheduler: {grace_period: 0}\n", "scheduler.grace_period: 0"),
-    "grace_period > epochs": ("description: d\nfixed: {epochs: 4}\nscheduler: {grace_period: 6}\n", "scheduler.grace_period: 6 is more than the 4 epochs"),
+    "grace_period > epochs": (
+        "description: d\nfixed: {epochs: 4}\nscheduler: {grace_period: 6}\n",
+        "scheduler.grace_period: 6 is more than the 4 epochs",
+    ),
     "reduction_factor <= 1": ("description: d\nscheduler: {reduction_factor: 1}\n", "scheduler.reduction_factor: 1"),
     "brackets < 1": ("description: d\nscheduler: {brackets: 0}\n", "scheduler.brackets: 0"),
     "unknown scheduler key": ("description: d\nscheduler: {max_t: 13}\n", "scheduler.max_t: unknown key"),
@@ -137,8 +184,14 @@ BAD_FILES = {
     "seeds empty": ("description: d\nseeds: []\n", "seeds: []"),
     "seed negative": ("description: d\nseeds: [0, -1]\n", "seeds[1]: -1"),
     "seed repeated": ("description: d\nseeds: [1, 1]\n", "seeds: [1, 1] repeats a seed"),
-    "seed fixed and in seeds": ("description: d\nfixed: {seed: 3}\nseeds: [0, 1]\n", "fixed.seed: also varied by seeds"),
-    "repeats of a grid": ("description: d\nvary: {lr_decay: {grid: [0.5, 1]}}\nnum_samples: 2\n", "num_samples: 2 would repeat identical runs"),
+    "seed fixed and in seeds": (
+        "description: d\nfixed: {seed: 3}\nseeds: [0, 1]\n",
+        "fixed.seed: also varied by seeds",
+    ),
+    "repeats of a grid": (
+        "description: d\nvary: {lr_decay: {grid: [0.5, 1]}}\nnum_samples: 2\n",
+        "num_samples: 2 would repeat identical runs",
+    ),
 }
 
 
@@ -156,7 +209,9 @@ def test_every_mistake_is_one_line_naming_file_and_key(tmp_path, text, key):
 
 def test_a_bad_vary_key_lists_the_settings_that_may_vary(tmp_path):
     path = write(tmp_path, "description: d\nvary: {max_grad: {grid: [1]}}\n")
-    with pytest.raises(UsageError, match=r"allowed: num_layers, .*max_grad_norm, .*seed, .*precision, or any label") as caught:
+    with pytest.raises(
+        UsageError, match=r"allowed: num_layers, .*max_grad_norm, .*seed, .*precision, or any label"
+    ) as caught:
         load_space(str(path))
     assert "epochs" not in str(caught.value).split("allowed:")[1]
 
@@ -205,7 +260,10 @@ def test_rungs_match_rays_brackets(tmp_path, grace, factor, brackets, epochs):
     milestones = {math.ceil(milestone) for bracket in scheduler._brackets for milestone, _ in bracket._rungs}
     assert space.rungs(epochs) == sorted(m for m in milestones if m < epochs)  # at max_t ASHA stops every trial
     assert (scheduler._time_attr, scheduler._metric, scheduler._mode, scheduler._max_t) == (
-        metrics.EPOCH, metrics.OBJECTIVE, metrics.MODE, epochs,
+        metrics.EPOCH,
+        metrics.OBJECTIVE,
+        metrics.MODE,
+        epochs,
     )
 
 
@@ -220,7 +278,10 @@ def test_asha_stops_a_worse_trial_exactly_at_the_rungs(name, rungs):
     stopped = []
     for epoch in range(1, epochs):
         scheduler.on_trial_result(None, good, {metrics.EPOCH: epoch, metrics.OBJECTIVE: 100.0})
-        if scheduler.on_trial_result(None, bad, {metrics.EPOCH: epoch, metrics.OBJECTIVE: 200.0}) == TrialScheduler.STOP:
+        if (
+            scheduler.on_trial_result(None, bad, {metrics.EPOCH: epoch, metrics.OBJECTIVE: 200.0})
+            == TrialScheduler.STOP
+        ):
             stopped.append(epoch)  # a real trial would end here; this one reports on to find every rung
     assert stopped == space.rungs(epochs) == rungs
 
@@ -236,7 +297,11 @@ DECAY_SPACE = "description: d\nvary: {{{vary}}}\nscheduler: {{grace_period: {gra
         ("lr_decay: {grid: [0.5, 1.0]}", 5, False),
         ("decay_start: {grid: [2, 6]}", 5, True),  # runs with decay_start 6 match through epoch 6
         ("s: {cases: [{lr_schedule: zaremba}, {lr_schedule: constant}]}", 3, True),
-        ("s: {cases: [{lr_schedule: exponential, lr_decay: 0.5}, {lr_schedule: exponential, lr_decay: 0.9}]}", 2, False),
+        (
+            "s: {cases: [{lr_schedule: exponential, lr_decay: 0.5}, {lr_schedule: exponential, lr_decay: 0.9}]}",
+            2,
+            False,
+        ),
         ("max_grad_norm: {grid: [1, 5]}", 2, False),  # decay does not vary
         ("lr_decay: {grid: [0.5]}", 2, False),  # one value varies nothing
     ],

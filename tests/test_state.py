@@ -39,7 +39,9 @@ def saved_run(tmp_path: Path, corpus, **overrides) -> tuple[Path, dict]:
 
 
 def train_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "study.train", "--threads", "1", *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "study.train", "--threads", "1", *args], capture_output=True, text=True
+    )
 
 
 def test_a_saved_state_is_a_plain_weights_only_file_and_round_trips(tmp_path, corpus):
@@ -89,7 +91,10 @@ def flip_tensor_byte(path: Path) -> None:
     "damage, says",
     [
         (flip_tensor_byte, "corrupted, its contents do not match the checksum"),
-        (lambda path: path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2]), "corrupted or not a saved run state"),
+        (
+            lambda path: path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2]),
+            "corrupted or not a saved run state",
+        ),
     ],
     ids=["flipped-byte", "truncated"],
 )
@@ -171,7 +176,9 @@ def tamper_then_kill(how: dict[float, str]):
 
 
 @pytest.mark.slow
-def test_a_trial_restored_from_a_damaged_or_foreign_checkpoint_ends_in_error_with_that_line(ray_session, tiny_corpus_dir, tmp_path):
+def test_a_trial_restored_from_a_damaged_or_foreign_checkpoint_ends_in_error_with_that_line(
+    ray_session, tiny_corpus_dir, tmp_path
+):
     from study.sweep.cli import closing_summary, options_from_args, parse_args
     from study.sweep.tuner import run_sweep
 
@@ -182,7 +189,7 @@ def test_a_trial_restored_from_a_damaged_or_foreign_checkpoint_ends_in_error_wit
     )
     callback = tamper_then_kill({1.0: "flip", 2.0: "truncate", 5.0: "swap"})
     options = options_from_args(parse_args([str(space), "--storage", str(tmp_path / "out"), "--max-failures", "1"]))
-    results = run_sweep(options, load_corpus(tiny_corpus_dir), [callback])
+    results = run_sweep(options, load_corpus(tiny_corpus_dir), [callback]).results
     trials = pd.read_parquet(Path(options.experiment) / "trials.parquet").set_index("max_grad_norm")
     assert trials["status"].to_dict() == {1.0: "error", 2.0: "error", 5.0: "error"}
     closing = closing_summary(options, results)

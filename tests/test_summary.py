@@ -10,25 +10,32 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import sweep
 
+from study import metrics as m
 from study.report import plots
-from study.train.data import load_corpus
 from study.report.build import write_report
+from study.train.data import load_corpus
+
+from helpers import empty_experiment, fake_experiment, sweep
 
 REPORT_FILES = ("trials.parquet", "epochs.parquet", "comparison.parquet", "summary.md", *plots.FILES.values())
-from helpers import empty_experiment, fake_experiment
-
-
-
 
 SPACES = {  # name: (the space's vary block, the trials' configs, what the summary's first lines say)
-    "momentum": ("  momentum: {grid: [0, 0.9]}", [{"momentum": mu, "seed": s} for mu in (0.0, 0.9) for s in (0, 1)],
-                 "4 trials (2 settings x 2 seeds)"),
-    "modes": ("  clip_mode: {grid: [global_norm, value, none]}", [{"clip_mode": c, "seed": 0} for c in ("global_norm", "value", "none")],
-              "3 trials (3 settings x 1 seed)"),
-    "sampled": ("  learning_rate: {uniform: [0.5, 1.5]}", [{"learning_rate": 0.5 + 0.29 * i, "seed": i % 2} for i in range(4)],
-                "4 trials (4 sampled settings x 1 seed)"),
+    "momentum": (
+        "  momentum: {grid: [0, 0.9]}",
+        [{"momentum": mu, "seed": s} for mu in (0.0, 0.9) for s in (0, 1)],
+        "4 trials (2 settings x 2 seeds)",
+    ),
+    "modes": (
+        "  clip_mode: {grid: [global_norm, value, none]}",
+        [{"clip_mode": c, "seed": 0} for c in ("global_norm", "value", "none")],
+        "3 trials (3 settings x 1 seed)",
+    ),
+    "sampled": (
+        "  learning_rate: {uniform: [0.5, 1.5]}",
+        [{"learning_rate": 0.5 + 0.29 * i, "seed": i % 2} for i in range(4)],
+        "4 trials (4 sampled settings x 1 seed)",
+    ),
 }
 
 
@@ -54,6 +61,36 @@ def test_any_space_writes_every_table_summary_and_plot(tmp_path, name):
         assert "--seeds 0 1 2" in summary and comparison["best_valid_ppl_ci95_low"].isna().all()
 
 
+def test_the_console_prints_the_summarys_headline_answer_and_notes(tmp_path, capsys):
+    vary, trials, _ = SPACES["modes"]
+    experiment = fake_experiment(tmp_path / "modes", vary, trials, epochs=3)
+    write_report(str(experiment))
+    out = capsys.readouterr().out.splitlines()
+    summary = (experiment / "summary.md").read_text()
+    answer = next(paragraph for paragraph in summary.split("\n\n") if paragraph.startswith("**Best"))
+    assert out[0].startswith("Studied: space `modes`") and out[0] in summary
+    assert out[1] == answer.replace("**", "") and out[1].startswith(
+        "Best: clip_mode=global_norm, mean best validation perplexity"
+    )
+    assert (
+        out[2].startswith("One trial per setting: no confidence intervals") and "> **One trial per setting**" in summary
+    )
+    assert len(out) == 4 and out[3].startswith("Report: ") and "summary.md" in out[3]
+
+
+def test_every_status_is_counted_and_explained_in_the_words_of_study_metrics(tmp_path):
+    vary, trials, _ = SPACES["momentum"]
+    experiment = fake_experiment(
+        tmp_path / "momentum", vary, [*trials[:-1], trials[-1] | {"stop": True}], epochs=3, stopped_after=1
+    )
+    write_report(str(experiment), quiet=True)
+    summary = (experiment / "summary.md").read_text()
+    assert "Status: 3 completed, 1 stopped early." in summary
+    for status, meaning in m.STATUSES.items():
+        assert f"`{status}` {meaning}" in summary
+    assert set(pd.read_parquet(experiment / "trials.parquet")["status"]) == {m.COMPLETED, m.STOPPED_EARLY}
+    counts = pd.read_parquet(experiment / "comparison.parquet").filter(like="n_").columns
+    assert [c for c in counts if c.removeprefix("n_") in m.STATUSES] == [f"n_{s}" for s in m.FINISHED]
 
 
 def test_an_empty_experiment_writes_every_table_summary_and_plot(tmp_path):
@@ -64,15 +101,25 @@ def test_an_empty_experiment_writes_every_table_summary_and_plot(tmp_path):
     assert "0 trials" in (experiment / "summary.md").read_text()
 
 
-def test_a_crossed_study_gets_pooled_intervals_and_the_interaction_answered(tmp_path):
+def test_a_crossed_study_gets_pooled_intervals_and_the_interaction_answered(tmp_path, capsys):
     # max_grad_norm x lr_decay, 2 seeds; the decay changes which threshold wins (cell offsets below),
     # seeds differ by 5 everywhere (equal seed noise). One trial stopped by ASHA after epoch 2.
     offsets = {(1.0, 0.5): 0.0, (1.0, 1.0): 12.0, (math.inf, 0.5): 8.0, (math.inf, 1.0): 2.0}
-    trials = [{"max_grad_norm": c, "lr_decay": d, "seed": s, "cell": offsets[c, d]} for c in (1.0, math.inf) for d in (0.5, 1.0) for s in (0, 1)]
+    trials = [
+        {"max_grad_norm": c, "lr_decay": d, "seed": s, "cell": offsets[c, d]}
+        for c in (1.0, math.inf)
+        for d in (0.5, 1.0)
+        for s in (0, 1)
+    ]
     trials[-1] |= {"stop": True}
     vary = "  max_grad_norm: {grid: [1, .inf]}\n  lr_decay: {grid: [0.5, 1.0]}"
     experiment = fake_experiment(tmp_path / "crossed", vary, trials, epochs=4, stopped_after=2)
-    write_report(str(experiment), quiet=True)
+    write_report(str(experiment))
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[1]
+        .startswith("Best: max_grad_norm=1, lr_decay=0.5, mean best validation perplexity")
+    )
     comparison = pd.read_parquet(experiment / "comparison.parquet")
     assert comparison["best_valid_ppl_ci95_low"].notna().all()
     assert set(comparison["best_valid_ppl_ci_method"]) == {"pooled t, 4 df"}
@@ -82,9 +129,17 @@ def test_a_crossed_study_gets_pooled_intervals_and_the_interaction_answered(tmp_
     # interaction SS = 2 * 4 * ((0 - 12 - 8 + 2) / 4)**2 = 162, residual SS = 8 * 2.5**2 = 50 on 4 df.
     assert "at epoch 2, the last epoch every trial in the model reached (1 trial(s) stopped by ASHA" in section
     assert "over 8 trials" in section and f"interaction F = {162 / (50 / 4):.2f}" in section
-    assert "The best max_grad_norm **depends on lr_decay** (interaction F = 12.96, p = 0.023): it is 1 at lr_decay 0.5, none at lr_decay 1." in section
-    assert "max_grad_norm explains 1% of the variation" in section and "their interaction 70% of the variation" in section
-    assert "The winner, max_grad_norm=1 with lr_decay=0.5 (112.50), beats the runner-up, max_grad_norm=none with lr_decay=1 (114.50), by 2.00" in section
+    assert (
+        "The best max_grad_norm **depends on lr_decay** (interaction F = 12.96, p = 0.023): it is 1 at lr_decay 0.5, none at lr_decay 1."
+        in section
+    )
+    assert (
+        "max_grad_norm explains 1% of the variation" in section and "their interaction 70% of the variation" in section
+    )
+    assert (
+        "The winner, max_grad_norm=1 with lr_decay=0.5 (112.50), beats the runner-up, max_grad_norm=none with lr_decay=1 (114.50), by 2.00"
+        in section
+    )
     assert "within the seed noise" in section
     assert "the settings share their seed noise" in summary
 
@@ -104,12 +159,20 @@ resources: {cpus_per_trial: 1}
 @pytest.mark.slow
 def test_a_real_crossed_sweep_answers_the_interaction(ray_session, tiny_corpus_dir, tmp_path):
     (tmp_path / "crossed.yaml").write_text(CROSSED)
-    options, _ = sweep([str(tmp_path / "crossed.yaml"), "--storage", str(tmp_path / "out")], load_corpus(tiny_corpus_dir))
+    options, _ = sweep(
+        [str(tmp_path / "crossed.yaml"), "--storage", str(tmp_path / "out")], load_corpus(tiny_corpus_dir)
+    )
     experiment = Path(options.experiment)
     comparison = pd.read_parquet(experiment / "comparison.parquet")
     assert len(comparison) == 4 and comparison["best_valid_ppl_ci95_low"].notna().all()
     assert comparison["test_ppl_ci95_low"].notna().all()
     section = (experiment / "summary.md").read_text().split("## Interaction\n\n")[1].split("\n\n")[0]
-    assert section.startswith("Two-way ANOVA with interaction (statsmodels OLS, type-2 sums of squares; both settings as "
-                              "categories) of best validation perplexity (every trial in the model completed all its epochs), over 8 trials")
-    assert "max_grad_norm explains" in section and "(interaction F = " in section and "The winner, max_grad_norm=" in section
+    assert section.startswith(
+        "Two-way ANOVA with interaction (statsmodels OLS, type-2 sums of squares; both settings as "
+        "categories) of best validation perplexity (every trial in the model completed all its epochs), over 8 trials"
+    )
+    assert (
+        "max_grad_norm explains" in section
+        and "(interaction F = " in section
+        and "The winner, max_grad_norm=" in section
+    )

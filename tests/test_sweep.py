@@ -1,6 +1,7 @@
 """Real sweeps on a local Ray: the smoke study end to end, divergence, a killed worker, an
 interrupted and resumed sweep (the multi-node cluster: tests/test_cluster.py)."""
 
+import json
 import math
 import os
 import shlex
@@ -16,9 +17,10 @@ import pytest
 from ray import tune
 
 from study import metrics as m
+from study.sweep.tuner import experiment_exists, restored_run_config
 from study.train.data import load_corpus
-from study.sweep.tuner import experiment_exists
-from helpers import finish, run_cli, sweep
+
+from helpers import finish, run_cli, sweep, sweep_args
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +40,6 @@ def write_space(folder: Path, name: str, vary: str, epochs: int = 3, grace: int 
     path = folder / f"{name}.yaml"
     path.write_text(TINY_SPACE.format(epochs=epochs, vary=vary, grace=grace))
     return path
-
-
 
 
 def tables(experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -75,7 +75,9 @@ def test_sweep_into_s3_storage_writes_every_table_there(ray_session, tiny_corpus
     the report all land in the bucket, and `study.report` reads the experiment back from there."""
     bucket, query = s3_bucket
     space = write_space(tmp_path, "remote", "  max_grad_norm: {grid: [1.0, 5.0]}", epochs=2, grace=2)
-    options, _ = sweep([str(space), "--storage", f"s3://key:secret@bucket/results?{query}"], load_corpus(tiny_corpus_dir))
+    options, _ = sweep(
+        [str(space), "--storage", f"s3://key:secret@bucket/results?{query}"], load_corpus(tiny_corpus_dir)
+    )
     assert options.experiment == f"s3://key:secret@bucket/results/remote?{query}"
     names = {info.base_name for info in bucket.get_file_info(pafs.FileSelector("bucket/results/remote"))}
     assert {"study.json", "trials.parquet", "epochs.parquet", "comparison.parquet", "summary.md"} <= names
@@ -88,7 +90,8 @@ def test_sweep_into_s3_storage_writes_every_table_there(ray_session, tiny_corpus
     )
     assert done.returncode == 0 and "remote" in done.stdout, done.stderr
     leaks = {
-        info.base_name for info in bucket.get_file_info(pafs.FileSelector("bucket/results", recursive=True))
+        info.base_name
+        for info in bucket.get_file_info(pafs.FileSelector("bucket/results", recursive=True))
         if info.type == pafs.FileType.File and b"secret" in bucket.open_input_file(info.path).read()
     }
     # Ray pickles the storage filesystem, credentials and all, into tuner.pkl and its search state
@@ -125,13 +128,9 @@ def test_killed_worker_recovers_from_its_checkpoint_with_the_same_result(ray_ses
     assert hit_epochs[m.VALID_PPL].tolist() == pytest.approx(calm_epochs[m.VALID_PPL].tolist(), abs=1e-6)
 
 
-
-
-
-
 def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_session, tiny_corpus_dir, tmp_path):
     space = write_space(tmp_path, "resume", "  max_grad_norm: {grid: [0.5, 1, 2, 5]}", epochs=4, grace=2)
-    args = [str(space), "--storage", str(tmp_path / "out"), "--data-dir", str(tiny_corpus_dir), "--address", ray_session]
+    args = sweep_args(space, tmp_path / "out", tiny_corpus_dir, ray_session)
     first = run_cli(args)
     experiment = tmp_path / "out" / "resume"
     deadline = time.time() + 120
@@ -140,14 +139,16 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_session,
     first.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves its state and stops
     output = finish(first)
     assert first.returncode == 130, output[-3000:]  # interrupted before the end, and says so
-    printed = next(line for line in output.splitlines() if line.startswith("Resume: "))[len("Resume: "):]
+    printed = next(line for line in output.splitlines() if line.startswith("Resume: "))[len("Resume: ") :]
     words = shlex.split(printed)
     assert words[:3] == ["python", "-m", "study.sweep"] and words[3] == str(space) and words[-1] == "--resume"
 
     before = {path: path.read_bytes() for path in experiment.rglob("*") if path.is_file()}
     for changed, named in ((["--seeds", "0", "1"], "--seeds [0, 1]"), (["--epochs", "9"], "--epochs 9")):
         refused = subprocess.run([sys.executable, *words[1:], *changed], capture_output=True, text=True)
-        assert refused.returncode == 2 and refused.stderr.startswith(f"error: {named}: --resume continues"), refused.stderr
+        assert refused.returncode == 2 and refused.stderr.startswith(f"error: {named}: --resume continues"), (
+            refused.stderr
+        )
         assert "trials:" not in refused.stdout  # no plan it would not run
     space.write_text(space.read_text().replace("grace_period: 2", "grace_period: 3"))
     refused = subprocess.run([sys.executable, *words[1:]], capture_output=True, text=True)
@@ -163,22 +164,58 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_session,
     assert set(trials["status"]) <= {"completed", "stopped_early"}
     assert not epochs.duplicated(["trial_id", m.EPOCH]).any()
     for _, trial in trials.iterrows():  # every epoch of every trial exactly once, in order
-        assert epochs.loc[epochs["trial_id"] == trial["trial_id"], m.EPOCH].tolist() == list(range(1, trial["epochs_run"] + 1))
+        assert epochs.loc[epochs["trial_id"] == trial["trial_id"], m.EPOCH].tolist() == list(
+            range(1, trial["epochs_run"] + 1)
+        )
 
 
 def test_a_second_run_into_the_same_results_is_refused(tmp_path):
     (tmp_path / "smoke").mkdir()
     (tmp_path / "smoke" / "study.json").write_text("{}")
     (tmp_path / "smoke" / "tuner.pkl").write_bytes(b"Ray's saved sweep")  # what --resume continues
-    done = subprocess.run([sys.executable, "-m", "study.sweep", "smoke", "--storage", str(tmp_path)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "study.sweep", "smoke", "--storage", str(tmp_path)], capture_output=True, text=True
+    )
     assert done.returncode == 2 and "--resume" in done.stderr and done.stderr.count("\n") == 1
     assert (tmp_path / "smoke" / "study.json").read_text() == "{}"
 
 
+def test_a_sweep_started_before_the_module_move_is_refused_on_resume_in_one_line(tmp_path):
+    """Ray pickled such a sweep's trainable and search algorithm under the old module names."""
+    old = {"space": "smoke", "versions": {"study": "0.1.0"}, "git_commit": "cbb791a"}  # no "layout"
+    (tmp_path / "smoke").mkdir()
+    (tmp_path / "smoke" / "study.json").write_text(json.dumps(old))
+    (tmp_path / "smoke" / "tuner.pkl").write_bytes(b"Ray's saved sweep")
+    done = subprocess.run(
+        [sys.executable, "-m", "study.sweep", "smoke", "--storage", str(tmp_path), "--resume"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "started by study 0.1.0" in done.stderr and "git commit cbb791a" in done.stderr
+    assert json.loads((tmp_path / "smoke" / "study.json").read_text()) == old
+
+
+def test_the_one_ray_private_access_still_reaches_the_run_config_ray_will_use(ray_session, tmp_path):
+    """Fails on the Ray release that moves Tuner._local_tuner or its run config."""
+    run_config = tune.RunConfig(name="probe", storage_path=str(tmp_path), verbose=1)
+    tuner = tune.Tuner(lambda config: None, run_config=run_config)
+    found = restored_run_config(tuner)
+    assert found.name == "probe"
+    found.verbose = 0
+    assert restored_run_config(tuner).verbose == 0  # changed in place: what fit() will read
+
+
 @pytest.mark.parametrize(
     "args, named",
-    [(["nonesuch"], "nonesuch"), (["smoke", "--cpus-per-trial", "-1"], "--cpus-per-trial"), (["smoke", "--epochs", "0"], "--epochs")],
+    [
+        (["nonesuch"], "nonesuch"),
+        (["smoke", "--cpus-per-trial", "-1"], "--cpus-per-trial"),
+        (["smoke", "--epochs", "0"], "--epochs"),
+    ],
 )
 def test_bad_sweep_arguments_are_one_line(args, named, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "study.sweep", *args, "--storage", str(tmp_path)], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "study.sweep", *args, "--storage", str(tmp_path)], capture_output=True, text=True
+    )
     assert done.returncode == 2 and named in done.stderr and done.stderr.count("\n") == 1

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from study import metrics as m
 from study.config import make_config
 from study.train.data import load_corpus
-from study.train.trainer import Trainer, evaluate, sequence_cost, stream_windows
+from study.train.trainer import PROGRESS_LINES, Trainer, evaluate, sequence_cost, stream_windows
 
 
 @pytest.fixture
@@ -28,9 +28,7 @@ def tiny(**overrides):
 def test_cost_is_cross_entropy_summed_over_time_and_averaged_over_batch():
     torch.manual_seed(0)
     logits, targets = torch.randn(4, 3, 7), torch.randint(0, 7, (3, 4))  # [steps, batch, vocab], [batch, steps]
-    by_hand = sum(
-        sum(F.cross_entropy(logits[t, b][None], targets[b, t][None]) for t in range(4)) for b in range(3)
-    ) / 3
+    by_hand = sum(sum(F.cross_entropy(logits[t, b][None], targets[b, t][None]) for t in range(4)) for b in range(3)) / 3
     cost, summed = sequence_cost(logits, targets)
     assert cost.item() == pytest.approx(by_hand.item(), rel=1e-6)
     assert summed.item() == pytest.approx(3 * by_hand.item(), rel=1e-6)
@@ -71,6 +69,34 @@ def test_epoch_reports_every_metric_and_the_rate_the_optimizer_used(corpus):
     assert results[-1][m.VALID_PPL] < results[0][m.TRAIN_PPL]
 
 
+def test_an_epoch_prints_a_progress_line_at_each_tenth_before_its_end(corpus):
+    lines = []
+    trainer = Trainer(tiny(), corpus, progress=lines.append)
+    assert trainer.steps_per_epoch >= 10  # else two tenths fall on one step and share a line
+    trainer.run_epoch()
+    assert len(lines) == PROGRESS_LINES == 9  # the tenth tenth is the epoch's own line
+    assert [p.fraction for p in lines] == pytest.approx([k / 10 for k in range(1, 10)], abs=0.05)
+
+
+def test_train_steps_are_an_epochs_first_steps_and_count_their_words(corpus):
+    config = tiny(keep_prob=0.7, clip_mode="adaptive")  # dropout and clipping draw on the same state
+    after = {}  # steps taken -> the weights then, at each progress line of a whole epoch
+
+    def snapshot(progress):
+        after[round(progress.fraction * whole.steps_per_epoch)] = [p.detach().clone() for p in whole.model.parameters()]
+
+    whole = Trainer(config, corpus, progress=snapshot)
+    whole.run_epoch()
+    steps = sorted(after)[2]
+    timed = Trainer(config, corpus)
+    words, seconds = timed.train_steps(steps)
+    assert words == steps * config.batch_size * config.num_steps and seconds > 0
+    assert all(torch.equal(a, b) for a, b in zip(timed.model.parameters(), after[steps]))  # bit for bit
+    assert (timed.step, timed.epoch) == (steps, 0)
+    with pytest.raises(ValueError, match=f"epoch's {timed.steps_per_epoch}"):
+        timed.train_steps(timed.steps_per_epoch + 1)
+
+
 def test_resume_continues_exactly(corpus):
     straight = Trainer(tiny(epochs=3, keep_prob=0.7, clip_mode="adaptive"), corpus)
     expected = list(straight.epochs())
@@ -102,8 +128,20 @@ def test_absurd_learning_rate_is_recorded_as_divergence_not_raised(corpus):
 
 def test_command_line_run_writes_the_table_and_resumes(tiny_corpus_dir, tmp_path):
     table, state = tmp_path / "epochs.parquet", tmp_path / "run.pt"
-    base = [sys.executable, "-m", "study.train", "--preset", "test", "--data-dir", str(tiny_corpus_dir), "--threads", "1"]
-    done = subprocess.run([*base, "--epochs", "2", "--table", str(table), "--save", str(state)], capture_output=True, text=True)
+    base = [
+        sys.executable,
+        "-m",
+        "study.train",
+        "--preset",
+        "test",
+        "--data-dir",
+        str(tiny_corpus_dir),
+        "--threads",
+        "1",
+    ]
+    done = subprocess.run(
+        [*base, "--epochs", "2", "--table", str(table), "--save", str(state)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "Epoch: 2 Learning rate: 0.500" in done.stdout and "Test Perplexity:" in done.stdout
     assert list(pd.read_parquet(table)[m.EPOCH]) == [1, 2]
@@ -117,7 +155,8 @@ def test_command_line_run_writes_the_table_and_resumes(tiny_corpus_dir, tmp_path
 def test_command_line_bad_data_folder_is_one_line(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "study.train", "--preset", "test", "--data-dir", str(tmp_path / "nowhere")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nowhere" in done.stderr
 
@@ -127,7 +166,8 @@ def test_corrupted_resume_file_is_one_line(tmp_path, tiny_corpus_dir):
     bad.write_bytes(b"not a checkpoint")
     done = subprocess.run(
         [sys.executable, "-m", "study.train", "--resume", str(bad), "--data-dir", str(tiny_corpus_dir)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2 and str(bad) in done.stderr and done.stderr.count("\n") == 1
 

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from study import metrics as m
+
 ALPHA = 0.05
 
 
@@ -37,7 +39,9 @@ class SeedNoise:
 
     def describe(self, what: str) -> str:
         """One sentence for summary.md: whether the settings share their seed noise, and so which intervals."""
-        pooled = f"mean ± t(97.5%, {self.df} df) x the pooled SD {self.sd:.3g} / sqrt(n), a setting with one trial included"
+        pooled = (
+            f"mean ± t(97.5%, {self.df} df) x the pooled SD {self.sd:.3g} / sqrt(n), a setting with one trial included"
+        )
         if self.test_p is None:
             return f"{what}: the settings are assumed to share their seed noise (not testable here: fewer than two settings with a spread), {pooled}"
         test = f"Bartlett's test of equal variances p = {self.test_p:.2f}"
@@ -69,7 +73,7 @@ def seed_noise(values: pd.Series, groups: pd.Series) -> SeedNoise | None:
 
 def common_epoch(epochs: pd.DataFrame, trials: pd.DataFrame) -> int | None:
     """The last epoch that every trial of `trials` reached; None without trials."""
-    reached = epochs[epochs["trial_id"].isin(trials["trial_id"])].groupby("trial_id")["epoch"].max()
+    reached = epochs[epochs["trial_id"].isin(trials["trial_id"])].groupby("trial_id")[m.EPOCH].max()
     return int(reached.min()) if len(reached) == len(trials) and len(reached) else None
 
 
@@ -79,24 +83,37 @@ def interaction(trials: pd.DataFrame, epochs: pd.DataFrame, first: str, second: 
     from statsmodels.formula.api import ols  # here, not at the top: about a second to import, for crossed studies only
     from statsmodels.stats.anova import anova_lm
 
-    usable = trials[trials["status"].isin(("completed", "stopped_early"))]
+    usable = trials[trials["status"].isin(m.RANKED)]
     left_out = len(trials) - len(usable)
     epoch = common_epoch(epochs, usable)
     if epoch is None:
         return None
-    stopped = int((usable["status"] == "stopped_early").sum())
-    at = epochs[(epochs["epoch"] == epoch) & epochs["trial_id"].isin(usable["trial_id"])].set_index("trial_id")["valid_ppl"]
+    stopped = int((usable["status"] == m.STOPPED_EARLY).sum())
+    at = epochs[(epochs[m.EPOCH] == epoch) & epochs["trial_id"].isin(usable["trial_id"])].set_index("trial_id")[
+        m.VALID_PPL
+    ]
     if not stopped:  # all completed: no censoring, the tables' own measure
         at = usable.set_index("trial_id")["best_valid_ppl"]
     usable = usable.sort_values([first, second], kind="stable")  # levels in the settings' order (numbers ascending)
-    data = pd.DataFrame({
-        "y": usable["trial_id"].map(at).astype(float).to_numpy(),
-        "a": pd.Categorical([labels(first, v) for v in usable[first]], categories=_levels(usable[first], first, labels)),
-        "b": pd.Categorical([labels(second, v) for v in usable[second]], categories=_levels(usable[second], second, labels)),
-    })
+    data = pd.DataFrame(
+        {
+            "y": usable["trial_id"].map(at).astype(float).to_numpy(),
+            "a": pd.Categorical(
+                [labels(first, v) for v in usable[first]], categories=_levels(usable[first], first, labels)
+            ),
+            "b": pd.Categorical(
+                [labels(second, v) for v in usable[second]], categories=_levels(usable[second], second, labels)
+            ),
+        }
+    )
     data = data[np.isfinite(data["y"])]
     cells = data.groupby(["a", "b"], observed=True)["y"].agg(["mean", "size"])
-    if data["a"].nunique() < 2 or data["b"].nunique() < 2 or len(cells) < data["a"].nunique() * data["b"].nunique() or cells["size"].min() < 2:
+    if (
+        data["a"].nunique() < 2
+        or data["b"].nunique() < 2
+        or len(cells) < data["a"].nunique() * data["b"].nunique()
+        or cells["size"].min() < 2
+    ):
         return None  # not fully crossed with at least two seeds per cell: no interaction to test
     model = ols("y ~ C(a) * C(b)", data=data).fit()
     table = anova_lm(model, typ=2)
@@ -111,15 +128,19 @@ def interaction(trials: pd.DataFrame, epochs: pd.DataFrame, first: str, second: 
     beats = "more than the seed noise" if gap > half else "within the seed noise, so the two are not told apart"
     where = (
         f"validation perplexity at epoch {epoch}, the last epoch every trial in the model reached ({stopped} trial(s) "
-        f"stopped by ASHA enter with their perplexity there; their best later perplexity is unknown)" if stopped else
-        "best validation perplexity (every trial in the model completed all its epochs)"
+        f"stopped by ASHA enter with their perplexity there; their best later perplexity is unknown)"
+        if stopped
+        else "best validation perplexity (every trial in the model completed all its epochs)"
     )
     share = {row: table.loc[row, "sum_sq"] / table["sum_sq"].sum() for row in table.index}
-    effect = lambda row: f"{share[row]:.0%} of the variation (F = {table.loc[row, 'F']:.2f}, p = {table.loc[row, 'PR(>F)']:.3f})"
+    effect = lambda row: (
+        f"{share[row]:.0%} of the variation (F = {table.loc[row, 'F']:.2f}, p = {table.loc[row, 'PR(>F)']:.3f})"
+    )
     return (
         f"Two-way ANOVA with interaction (statsmodels OLS, type-2 sums of squares; both settings as categories) of "
         f"{where}, over {len(data)} trials as seed replicates"
-        + (f"; {left_out} diverged, errored or unfinished trial(s) left out" if left_out else "") + ". "
+        + (f"; {left_out} diverged, errored or unfinished trial(s) left out" if left_out else "")
+        + ". "
         f"{first} explains {effect('C(a)')}, {second} {effect('C(b)')}, their interaction {effect('C(a):C(b)')}, "
         f"seed noise the remaining {share['Residual']:.0%}. {verdict} The winner, {first}={win_a} with {second}={win_b} "
         f"({ranked['mean'].iloc[0]:.2f}), beats the runner-up, {first}={run_a} with {second}={run_b} "
@@ -136,7 +157,11 @@ def _verdict(first: str, second: str, best: pd.Series, test: str, interacts: boo
     the best level of `first` at each level of `second` (`best`)."""
     if best.nunique() == 1:
         same = f"the best {first} is {best.iloc[0]} at every {second}"
-        return f"{first}'s effect **depends on {second}** ({test}), but {same}." if interacts else f"No detectable interaction ({test}): {same}."
+        return (
+            f"{first}'s effect **depends on {second}** ({test}), but {same}."
+            if interacts
+            else f"No detectable interaction ({test}): {same}."
+        )
     each = ", ".join(f"{a} at {second} {b}" for b, a in best.items())
     if interacts:
         return f"The best {first} **depends on {second}** ({test}): it is {each}."

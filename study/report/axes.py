@@ -2,7 +2,7 @@
 
     python -c "from study.report.axes import numeric_axis; print(numeric_axis([0, 0.9]))"   # linear: 0 has no log
 
-study.plots draws; this module decides where values go. A numeric setting goes on a log axis when
+study.report.plots draws; this module decides where values go. A numeric setting goes on a log axis when
 every value is positive and they span a decade or more (clipping thresholds 0.1..10), on a
 symmetric-log axis when they include zero or negatives and span two decades or more (weight decay
 0, 1e-5..1e-3), else on a linear axis (momentum 0, 0.9). inf ("none": no clipping) sits one step
@@ -11,6 +11,7 @@ past the largest value.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from matplotlib import ticker
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
+from study.labels import value_label
+
 
 @dataclass(frozen=True)
 class NumericAxis:
@@ -31,7 +34,7 @@ class NumericAxis:
 
     @property
     def ticks(self) -> dict[str, float]:
-        return {("none" if math.isinf(v) else f"{v:g}"): p for v, p in sorted(self.positions.items())}
+        return {value_label(v): p for v, p in sorted(self.positions.items())}
 
     def offset(self, x: np.ndarray, shift: float) -> np.ndarray:
         """`x` moved by `shift` (about -2..2) small steps, so that neighbouring lines do not hide each other."""
@@ -79,7 +82,9 @@ def numeric_axis(values: Iterable[float]) -> NumericAxis:
             step = (finite[-1] / finite[0]) ** (1 / (len(finite) - 1)) if len(finite) >= 2 else 4.0
             positions[math.inf] = finite[-1] * max(step, 1.5) ** 1.5
         else:
-            step = (finite[-1] - finite[0]) / (len(finite) - 1) if len(finite) >= 2 else abs(finite[0]) if finite else 1.0
+            step = (
+                (finite[-1] - finite[0]) / (len(finite) - 1) if len(finite) >= 2 else abs(finite[0]) if finite else 1.0
+            )
             positions[math.inf] = (finite[-1] if finite else 0.0) + (step or 1.0)
     return NumericAxis(scale, positions, linthresh)
 
@@ -93,7 +98,9 @@ def place_ticks(axes, ticks: dict[str, float], rotate: bool = False) -> None:
         return
     if rotate:
         for angle in (30, 90):
-            axes.set_xticks(list(ticks.values()), list(ticks.keys()), rotation=angle, ha="right" if angle < 90 else "center")
+            axes.set_xticks(
+                list(ticks.values()), list(ticks.keys()), rotation=angle, ha="right" if angle < 90 else "center"
+            )
             if not _overlapping(axes):
                 return
         return
@@ -109,7 +116,7 @@ def _overlapping(axes) -> bool:
     """Whether any two x tick labels of `axes` overlap once the figure is laid out."""
     axes.figure.draw_without_rendering()
     boxes = sorted((t.get_window_extent() for t in axes.get_xticklabels() if t.get_text()), key=lambda b: b.x0)
-    return any(b.x0 < a.x1 + 2 for a, b in zip(boxes, boxes[1:]))
+    return any(b.x0 < a.x1 + 2 for a, b in itertools.pairwise(boxes))
 
 
 def colours(order: list[str], numeric: bool) -> dict[str, tuple]:
@@ -171,7 +178,10 @@ def log_y(axes, values: pd.Series) -> bool:
 
 # Tick values per decade, coarse to fine: the first that puts 4 ticks in the range is used.
 _TICK_STEPS = (
-    (1,), (1, 2, 5), (1, 2, 3, 5, 7), (1, 1.5, 2, 3, 4, 5, 6, 8),
+    (1,),
+    (1, 2, 5),
+    (1, 2, 3, 5, 7),
+    (1, 1.5, 2, 3, 4, 5, 6, 8),
     (1, 1.2, 1.4, 1.6, 1.8, 2, 2.5, 3, 3.5, 4, 5, 6, 7, 8, 9),
     tuple(round(1 + 0.1 * i, 1) for i in range(90)),
     tuple(round(1 + 0.02 * i, 2) for i in range(450)),

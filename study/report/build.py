@@ -12,20 +12,23 @@ such as s3://bucket/results/grad_clip); the report goes beside Ray's files:
     summary.md           the answer first, then the pivots, divergence counts and the plots
     *.png                heatmap, validation curves, gradient norms and clipping, test perplexity
 
-study.experiment_reader reads the trials from the JSON and CSV text Ray writes and never unpickles
-anything (a folder someone else wrote is safe to report on), so no Ray needs to run; study.summary
-writes the text of summary.md and study.plots the pictures. Every file is written under a
-temporary name and renamed into place: a crash leaves the previous report whole.
+study.report.reader reads the trials from the JSON and CSV text Ray writes and never unpickles
+anything (a folder someone else wrote is safe to report on), so no Ray needs to run;
+study.report.summary writes the text of summary.md and study.report.plots the pictures. Every file
+is written under a temporary name and renamed into place: a crash leaves the previous report whole.
 
 How the numbers are made (also stated in summary.md):
-- Status: `completed` trained every epoch; `stopped_early` ASHA (or the trainable) ended it sooner;
-  `diverged` its loss became NaN/inf; `error` Ray marked it failed (or its entry in Ray's state
-  cannot be read; summary.md's Errors say which); `running` started and not
-  finished (still running, or interrupted: Ray saves a running trial as PENDING); `pending` not started.
+- Status: one of study.metrics.STATUSES (`completed`, `stopped_early`, `diverged`, `error`,
+  `running`, `pending`; summary.md says what each means, its Errors section why a trial failed).
 - Perplexity statistics of a setting are over its `completed` and `stopped_early` trials (an
   ASHA-stopped trial counts with the best perplexity it reached); diverged trials are left out
   and counted in `n_diverged`; test perplexity is over `completed` trials only.
-- The 95% interval is Student's t over the trials of a setting; with fewer than two it is empty (NaN).
+- The 95% interval of a setting's mean uses the seed noise of all settings when they share it
+  (study.report.anova: Bartlett's test of equal within-setting variances not rejected at 5%, or not
+  testable): mean ± t(97.5%, df) x pooled SD / sqrt(n), the pooled within-setting SD and its df
+  (trials minus settings, over the settings with two or more trials), so a setting with one trial
+  has an interval too. When their seed noise differs, it is Student's t over the setting's own
+  trials (n - 1 df), empty (NaN) below two. `<metric>_ci_method` in comparison.parquet says which.
 """
 
 from __future__ import annotations
@@ -40,14 +43,15 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from study import metrics as m
+from study.errors import main_with_errors
+from study.labels import value_label
+from study.redact import redact
 from study.report import plots
 from study.report.collect import Experiment, load_experiment
-from study.report.comparison import Pivot, compare, factor_label, format_value, pivot, sampled_keys
-from study.errors import main_with_errors
+from study.report.comparison import Pivot, compare, factor_label, pivot, sampled_keys
 from study.report.provenance import print_provenance, provenance
 from study.report.publish import publish, staging
-from study.redact import redact
-from study.report.summary import summary as summary_text
+from study.report.summary import Summary, summary
 from study.tables import COMPARISON, EPOCHS, SUMMARY, TRIALS, write_table
 
 
@@ -63,8 +67,10 @@ class ReportPaths:
     plots: dict[str, str] = field(default_factory=dict)
 
 
-def write_report(experiment_dir: str, *, quiet: bool = False, storage_filesystem: pafs.FileSystem | None = None) -> ReportPaths:
-    """Refresh every report file of the experiment and publish them as a whole (study.publish).
+def write_report(
+    experiment_dir: str, *, quiet: bool = False, storage_filesystem: pafs.FileSystem | None = None
+) -> ReportPaths:
+    """Refresh every report file of the experiment and publish them as a whole (study.report.publish).
     The tables come first: when the plots or the summary fail, the tables are still published with
     a summary.md that says what failed, and ReportFailed is raised after."""
     experiment = load_experiment(experiment_dir, storage_filesystem=storage_filesystem)
@@ -78,7 +84,8 @@ def write_report(experiment_dir: str, *, quiet: bool = False, storage_filesystem
             write_table(frame, stage / name, prov)
         try:
             pictures = plots.write_all(stage, _plot_data(experiment, comparison, grid))
-            text = summary_text(experiment, comparison, grid, pictures)
+            written = summary(experiment, comparison, grid, pictures)
+            text = written.text
         except Exception as error:  # any failure of the pictures or the text: the tables stay published
             failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
             pictures = {}
@@ -88,15 +95,16 @@ def write_report(experiment_dir: str, *, quiet: bool = False, storage_filesystem
         publish(stage, [TRIALS, EPOCHS, COMPARISON, *pictures.values()], SUMMARY, stale, location)
     paths = ReportPaths(
         folder=location.show("").rstrip("/"),
-        trials=location.show(TRIALS), epochs=location.show(EPOCHS), comparison=location.show(COMPARISON),
-        summary=location.show(SUMMARY), plots={kind: location.show(name) for kind, name in pictures.items()},
+        trials=location.show(TRIALS),
+        epochs=location.show(EPOCHS),
+        comparison=location.show(COMPARISON),
+        summary=location.show(SUMMARY),
+        plots={kind: location.show(name) for kind, name in pictures.items()},
     )
     if failure:
         raise ReportFailed(f"{paths.folder}: the plots and summary failed ({failure}); the tables were written")
-    if not quiet:  # the answer, and the notes on a partial or single-seed experiment
-        paragraphs = text.split("\n\n")
-        shown = paragraphs[1:3] + [p for p in paragraphs[3:4] if p.startswith(">")]
-        print(redact("\n".join(shown).replace("**", "")))
+    if not quiet:
+        print(redact(_console_answer(written)))
         print(redact(f"Report: {paths.summary} (tables {TRIALS}, {EPOCHS}, {COMPARISON}; {len(pictures)} plots)"))
     return paths
 
@@ -105,14 +113,23 @@ class ReportFailed(Exception):
     """The tables were published, the plots or the summary were not."""
 
 
+def _console_answer(written: Summary) -> str:
+    """What the console shows of summary.md: the headline, the answer and the notes on a partial
+    or single-seed experiment, without the markdown's bold."""
+    return "\n".join([written.headline, written.answer, *written.notes]).replace("**", "")
+
+
 def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) -> plots.PlotData:
     epochs, trials = experiment.epochs, experiment.trials
     colour = grid.rows  # max_grad_norm where it varies on its own
-    panels = grid.columns if 1 <= len(grid.columns) and grid.frame["_col"].nunique() <= 6 else []
-    lines = epochs[["trial_id", m.EPOCH, m.VALID_PPL, m.DIVERGED, m.GRAD_NORM_P50, m.GRAD_NORM_P90, m.CLIP_FRACTION]].copy()
+    panels = grid.columns if len(grid.columns) >= 1 and grid.frame["_col"].nunique() <= 6 else []
+    lines = epochs[
+        ["trial_id", m.EPOCH, m.VALID_PPL, m.DIVERGED, m.GRAD_NORM_P50, m.GRAD_NORM_P90, m.CLIP_FRACTION]
+    ].copy()
     colour_of = {row["trial_id"]: factor_label(colour, row) if colour else "all" for _, row in trials.iterrows()}
     panel_of = {
-        row["trial_id"]: ", ".join(factor_label(f, row, bare=len(panels) == 1) for f in panels) for _, row in trials.iterrows()
+        row["trial_id"]: ", ".join(factor_label(f, row, bare=len(panels) == 1) for f in panels)
+        for _, row in trials.iterrows()
     }
     lines["colour"] = lines["trial_id"].map(colour_of)
     lines["panel"] = lines["trial_id"].map(panel_of)
@@ -122,7 +139,7 @@ def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) ->
     if colour is not None and colour.name == "max_grad_norm" and not colour.is_case:
         modes = set(trials["clip_mode"]) if "clip_mode" in trials else {"global_norm"}
         if modes == {"global_norm"}:  # a norm threshold is comparable with the global norm only
-            thresholds = {format_value(v): float(v) for v in trials["max_grad_norm"].unique() if math.isfinite(v)}
+            thresholds = {value_label(v): float(v) for v in trials["max_grad_norm"].unique() if math.isfinite(v)}
     numeric_x = colour is not None and not colour.is_case and pd.api.types.is_numeric_dtype(comparison[colour.keys[0]])
     return plots.PlotData(
         grid_mean=grid.grid("best_valid_ppl_mean"),
@@ -146,9 +163,18 @@ def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) ->
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m study.report", allow_abbrev=False, description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", help="the experiment folder, <storage>/<study> (a path or a URI such as s3://bucket/results/grad_clip)")
-    parser.add_argument("--provenance", action="store_true", help="print the provenance stored in the report's tables instead of refreshing them")
+    parser = argparse.ArgumentParser(
+        prog="python -m study.report", allow_abbrev=False, description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "experiment",
+        help="the experiment folder, <storage>/<study> (a path or a URI such as s3://bucket/results/grad_clip)",
+    )
+    parser.add_argument(
+        "--provenance",
+        action="store_true",
+        help="print the provenance stored in the report's tables instead of refreshing them",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing when the report is written")
     return parser.parse_args(argv)
 
@@ -165,4 +191,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {redact(str(error))}", file=sys.stderr)
         return 1
     return 0
-

@@ -2,10 +2,9 @@
 
     python -c "from study.report.collect import collect; print(collect('results/smoke')[0])"
 
-Reads through study.experiment_reader (JSON and CSV only, nothing unpickled). The statuses:
-`completed` trained every epoch; `stopped_early` ASHA (or the trainable) ended it sooner; `diverged`
-its loss became NaN/inf; `error` Ray marked it failed after its retries (or its entry cannot be
-read); `running` started and not finished; `pending` not started.
+Reads through study.report.reader (JSON and CSV only, nothing unpickled). Each trial gets one of
+the statuses of study.metrics.STATUSES (`completed`, `stopped_early`, `diverged`, `error`,
+`running`, `pending`), decided by `trial_status` from Ray's state and the trial's reports.
 """
 
 from __future__ import annotations
@@ -20,19 +19,19 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from study import metrics as m
-from study.report.comparison import SEED, Factor
 from study.config import flatten_cases
 from study.errors import UsageError
-from study.tables import STUDY_FILE
+from study.report.comparison import SEED, Factor
 from study.report.reader import (
     UNREADABLE,
     Location,
     TrialState,
-    error_line,
     locate,
     read_history,
     read_trials,
+    trial_error_line,
 )
+from study.tables import STUDY_FILE
 
 PER_EPOCH = (*m.EPOCH_METRICS, m.TEST_PPL)
 
@@ -49,20 +48,26 @@ class Experiment:
     errors: dict[str, str]  # trial_id -> last line of its error file
 
 
-def collect(experiment_dir: str, *, storage_filesystem: pafs.FileSystem | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def collect(
+    experiment_dir: str, *, storage_filesystem: pafs.FileSystem | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The experiment's (trials, epochs) tables, as trials.parquet and epochs.parquet hold them.
     `storage_filesystem`: as Ray's RunConfig's, for storage no URI describes (then the path is on it)."""
     experiment = load_experiment(experiment_dir, storage_filesystem=storage_filesystem)
     return experiment.trials, experiment.epochs
 
 
-def load_experiment(experiment_dir: str | os.PathLike, *, storage_filesystem: pafs.FileSystem | None = None) -> Experiment:
+def load_experiment(
+    experiment_dir: str | os.PathLike, *, storage_filesystem: pafs.FileSystem | None = None
+) -> Experiment:
     location = locate(experiment_dir, storage_filesystem)
     study_text = location.read_text(STUDY_FILE)
     try:
         study_info = json.loads(study_text) if study_text is not None else {}
     except json.JSONDecodeError as error:
-        raise UsageError(f"{location.show(STUDY_FILE)}: not valid JSON ({error}), expected the file study.sweep writes") from None
+        raise UsageError(
+            f"{location.show(STUDY_FILE)}: not valid JSON ({error}), expected the file study.sweep writes"
+        ) from None
 
     rows, frames, groups, errors = [], [], {}, {}
     for trial in sorted(read_trials(location), key=lambda t: t.trial_id):
@@ -73,16 +78,21 @@ def load_experiment(experiment_dir: str | os.PathLike, *, storage_filesystem: pa
         frames.append(history.assign(trial_id=trial.trial_id))
         rows.append((trial, config, history))
         if trial.status in ("ERROR", UNREADABLE):
-            errors[trial.trial_id] = error_line(location, trial)
+            errors[trial.trial_id] = trial_error_line(location, trial)
 
     epochs_expected = study_info.get("epochs")
     trials = pd.DataFrame([_trial_row(trial, config, history, epochs_expected) for trial, config, history in rows])
     if not rows:  # no trial yet: empty tables with the columns they will have
         columns = ["trial_id", "status", *(key for key in study_info.get("varied") or [] if key != SEED), *RESULTS]
-        trials = pd.DataFrame({column: pd.Series(dtype=str if column in ("trial_id", "status", "node_ids") else float) for column in columns})
+        trials = pd.DataFrame(
+            {
+                column: pd.Series(dtype=str if column in ("trial_id", "status", "node_ids") else float)
+                for column in columns
+            }
+        )
     if epochs_expected is None and "epochs" not in trials:  # no epoch count known: the longest run is "all"
-        shorter = (trials["status"] == "completed") & (trials["epochs_run"] < trials["epochs_run"].max())
-        trials.loc[shorter, "status"] = "stopped_early"
+        shorter = (trials["status"] == m.COMPLETED) & (trials["epochs_run"] < trials["epochs_run"].max())
+        trials.loc[shorter, "status"] = m.STOPPED_EARLY
     trials = _order_trial_columns(trials)
 
     varied = _varied_keys(trials, study_info)
@@ -100,7 +110,11 @@ def flatten_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, li
 
 def _scalar(value: Any) -> Any:
     """A value a Parquet column and a groupby can hold: lists and the like become JSON text."""
-    return value if value is None or isinstance(value, (bool, int, float, str, np.generic)) else json.dumps(value, default=str)
+    return (
+        value
+        if value is None or isinstance(value, (bool, int, float, str, np.generic))
+        else json.dumps(value, default=str)
+    )
 
 
 def _history(location: Location, trial: TrialState) -> pd.DataFrame:
@@ -108,7 +122,9 @@ def _history(location: Location, trial: TrialState) -> pd.DataFrame:
     trial re-reports the epochs after its last checkpoint)."""
     frame = read_history(location, trial)
     if frame.empty:
-        return pd.DataFrame({**{name: pd.Series(dtype=float) for name in PER_EPOCH}, m.SHARED_PREFIX: pd.Series(dtype=bool)})
+        return pd.DataFrame(
+            {**{name: pd.Series(dtype=float) for name in PER_EPOCH}, m.SHARED_PREFIX: pd.Series(dtype=bool)}
+        )
     if m.EPOCH not in frame and "training_iteration" in frame:
         frame = frame.assign(**{m.EPOCH: frame["training_iteration"]})
     for name in PER_EPOCH:
@@ -121,7 +137,9 @@ def _history(location: Location, trial: TrialState) -> pd.DataFrame:
     return frame[keep].reset_index(drop=True)
 
 
-def _trial_row(trial: TrialState, config: dict[str, Any], history: pd.DataFrame, epochs_expected: int | None) -> dict[str, Any]:
+def _trial_row(
+    trial: TrialState, config: dict[str, Any], history: pd.DataFrame, epochs_expected: int | None
+) -> dict[str, Any]:
     valid = history[m.VALID_PPL].astype(float)
     finite = valid[np.isfinite(valid)]
     epochs_run = int(history[m.EPOCH].max()) if len(history) else 0
@@ -141,7 +159,7 @@ def _trial_row(trial: TrialState, config: dict[str, Any], history: pd.DataFrame,
         "best_valid_ppl": float(finite.min()) if len(finite) else np.nan,
         "final_valid_ppl": float(valid.iloc[-1]) if len(valid) else np.nan,
         "best_epoch": int(history.loc[finite.idxmin(), m.EPOCH]) if len(finite) else pd.NA,
-        "test_ppl": float(test.iloc[-1]) if status == "completed" and len(test) else np.nan,
+        "test_ppl": float(test.iloc[-1]) if status == m.COMPLETED and len(test) else np.nan,
         "seconds": float(seconds),
         "num_failures": trial.num_failures,  # failures it survived, or the last of which ended it (error)
         "node_ids": ",".join(dict.fromkeys(history["node_id"].dropna())) if "node_id" in history else "",
@@ -149,23 +167,32 @@ def _trial_row(trial: TrialState, config: dict[str, Any], history: pd.DataFrame,
 
 
 def trial_status(ray_status: str, epochs_run: int, epochs_expected: int | None, diverged: bool) -> str:
-    """One of STATUSES. Ray writes a running trial into its state as PENDING, so a PENDING trial
-    with reports is `running` (started, not finished), one without is `pending`."""
+    """One of study.metrics.STATUSES. Ray writes a running trial into its state as PENDING, so a
+    PENDING trial with reports is `running` (started, not finished), one without is `pending`."""
     if ray_status in ("ERROR", UNREADABLE):
-        return "error"
+        return m.ERROR
     if diverged:
-        return "diverged"
+        return m.DIVERGED
     if ray_status == "RUNNING" or (ray_status in ("PENDING", "PAUSED") and epochs_run):
-        return "running"
+        return m.RUNNING
     if ray_status in ("PENDING", "PAUSED"):
-        return "pending"
+        return m.PENDING
     if epochs_expected is None or epochs_run >= epochs_expected:
-        return "completed"
-    return "stopped_early"
+        return m.COMPLETED
+    return m.STOPPED_EARLY
 
 
 # The columns of trials.parquet that are outcomes of a trial, not its settings (in this order, last).
-RESULTS = ("epochs_run", "best_valid_ppl", "final_valid_ppl", "best_epoch", "test_ppl", "seconds", "num_failures", "node_ids")
+RESULTS = (
+    "epochs_run",
+    "best_valid_ppl",
+    "final_valid_ppl",
+    "best_epoch",
+    "test_ppl",
+    "seconds",
+    "num_failures",
+    "node_ids",
+)
 
 
 def _order_trial_columns(trials: pd.DataFrame) -> pd.DataFrame:
@@ -179,7 +206,9 @@ def _varied_keys(trials: pd.DataFrame, study_info: dict[str, Any]) -> list[str]:
     """The settings that differ between trials: study.json's list, else inferred from the configs."""
     if study_info.get("varied") is not None:
         return [key for key in study_info["varied"] if key in trials]
-    return [c for c in trials.columns if c not in ("trial_id", "status", *RESULTS) and trials[c].nunique(dropna=False) > 1]
+    return [
+        c for c in trials.columns if c not in ("trial_id", "status", *RESULTS) and trials[c].nunique(dropna=False) > 1
+    ]
 
 
 def _factors(varied: list[str], groups: dict[str, list[str]]) -> list[Factor]:

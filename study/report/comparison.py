@@ -17,26 +17,12 @@ import pandas as pd
 import yaml
 from scipy import stats
 
+from study import metrics as m
+from study.labels import case_label, setting_label, value_label
 from study.report.anova import SeedNoise, seed_noise
 
-STATUSES = ("completed", "stopped_early", "diverged", "error", "running", "pending")
-UNFINISHED = ("running", "pending")
-RANKED = ("completed", "stopped_early")  # the trials whose perplexity enters a setting's statistics
 SEED = "seed"
-DRAWN = ("uniform", "loguniform", "randint")  # study.spaces' domains drawn from a range
-
-# A setting that means something only under some modes: left out of a case's label otherwise,
-# so that "none" is not shown as "none (max_grad_norm=5)".
-_ONLY_FOR = {
-    "max_grad_norm": ("clip_mode", {"global_norm", "value", "per_tensor_norm"}),
-    "clip_percentile": ("clip_mode", {"adaptive"}),
-    "lr_decay": ("lr_schedule", {"zaremba", "exponential", "plateau"}),
-    "decay_start": ("lr_schedule", {"zaremba"}),
-    "decay_steps": ("lr_schedule", {"exponential"}),
-    "staircase": ("lr_schedule", {"exponential"}),
-    "plateau_patience": ("lr_schedule", {"plateau"}),
-}
-_MODE_KEYS = ("clip_mode", "lr_schedule")
+DRAWN = ("uniform", "loguniform", "randint")  # study.sweep.spaces' domains drawn from a range
 
 
 @dataclass(frozen=True)
@@ -46,18 +32,6 @@ class Factor:
     name: str  # the setting, or the cases label ("clip")
     keys: tuple[str, ...]
     is_case: bool = False
-
-
-def format_value(value: Any) -> str:
-    """A setting as the report prints it: inf is 'none' (no clipping), 5.0 is '5'."""
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value)).lower()
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        value = float(value)
-        if math.isinf(value):
-            return "none" if value > 0 else "-inf"
-        return f"{value:g}"
-    return str(value)
 
 
 def setting_keys(factors: list[Factor]) -> list[str]:
@@ -75,27 +49,12 @@ def sampled_keys(study: dict[str, Any]) -> set[str]:
 
 
 def factor_label(factor: Factor, row: pd.Series | dict[str, Any], bare: bool = True) -> str:
-    """How one axis value is printed: '5', 'none' (inf); a case as 'value (max_grad_norm=1.7)'.
+    """How one axis value is printed (study.labels): '5', 'none' (inf); a case as 'global_norm (max_grad_norm=5)'.
     With bare=False a plain setting is 'key=value'."""
-    if not factor.is_case:
-        text = format_value(row[factor.keys[0]])
-        return text if bare else f"{factor.keys[0]}={text}"
-    head, rest = [], []
-    for key in factor.keys:
-        mode_key, modes = _ONLY_FOR.get(key, (None, None))
-        if mode_key in row and row[mode_key] not in modes:
-            continue
-        if key in _MODE_KEYS:
-            head.append(str(row[key]))
-        else:
-            rest.append(f"{key}={format_value(row[key])}")
-    if head:
-        return " ".join(head) + (f" ({', '.join(rest)})" if rest else "")
-    return ", ".join(rest) or "(default)"
-
-
-def setting_label(factors: list[Factor], row: pd.Series | dict[str, Any]) -> str:
-    return ", ".join(factor_label(f, row, bare=False) for f in factors) or "all trials"
+    if factor.is_case:
+        return case_label(row, factor.keys)
+    text = value_label(row[factor.keys[0]])
+    return text if bare else f"{factor.keys[0]}={text}"
 
 
 def interval(values: pd.Series) -> tuple[int, float, float, float, float]:
@@ -116,14 +75,15 @@ def interval(values: pd.Series) -> tuple[int, float, float, float, float]:
 def compare(trials: pd.DataFrame, factors: list[Factor]) -> pd.DataFrame:
     """One row per setting (the factors' keys, seeds pooled), in the factors' order."""
     keys = setting_keys(factors)
+    cases = {factor.name: factor.keys for factor in factors if factor.is_case}
     grouped = trials.groupby(keys, dropna=False, sort=False) if keys else [((), trials)]
     rows = []
     for _, group in grouped:
         first = group.iloc[0]
-        ranked = group[group["status"].isin(RANKED)]
-        completed = group[group["status"] == "completed"]
+        ranked = group[group["status"].isin(m.RANKED)]
+        completed = group[group["status"] == m.COMPLETED]
         row = {key: first[key] for key in keys}
-        row["setting"] = setting_label(factors, first)
+        row["setting"] = setting_label(first, keys, cases) or "all trials"
         row["n_trials"] = len(group)
         row["n_seeds"] = int(group[SEED].nunique()) if SEED in group else len(group)
         for name, count, subset in (("best_valid_ppl", "n_valid", ranked), ("test_ppl", "n_test", completed)):
@@ -131,24 +91,28 @@ def compare(trials: pd.DataFrame, factors: list[Factor]) -> pd.DataFrame:
             row[count] = n
             row.update({f"{name}_mean": mean, f"{name}_std": std, f"{name}_ci95_low": low, f"{name}_ci95_high": high})
         row["epochs_run_mean"] = float(group["epochs_run"].mean())
-        for status in ("completed", "stopped_early", "diverged", "error"):
+        for status in m.FINISHED:
             row[f"n_{status}"] = int((group["status"] == status).sum())
-        row["n_unfinished"] = int(group["status"].isin(UNFINISHED).sum())
+        row["n_unfinished"] = int(group["status"].isin(m.UNFINISHED).sum())
         rows.append(row)
     statistics = [
-        f"{part}" for name, count in (("best_valid_ppl", "n_valid"), ("test_ppl", "n_test"))
+        f"{part}"
+        for name, count in (("best_valid_ppl", "n_valid"), ("test_ppl", "n_test"))
         for part in (count, f"{name}_mean", f"{name}_std", f"{name}_ci95_low", f"{name}_ci95_high")
     ]
-    counts = [f"n_{status}" for status in ("completed", "stopped_early", "diverged", "error", "unfinished")]
+    counts = [f"n_{status}" for status in (*m.FINISHED, "unfinished")]
     columns = [*keys, "setting", "n_trials", "n_seeds", *statistics, "epochs_run_mean", *counts]
     table = pd.DataFrame(rows, columns=columns) if rows else pd.DataFrame({c: pd.Series(dtype=float) for c in columns})
-    for name, subset in (("best_valid_ppl", trials[trials["status"].isin(RANKED)]), ("test_ppl", trials[trials["status"] == "completed"])):
+    for name, subset in (
+        ("best_valid_ppl", trials[trials["status"].isin(m.RANKED)]),
+        ("test_ppl", trials[trials["status"] == m.COMPLETED]),
+    ):
         table = _pooled_intervals(table, name, subset, keys)
     return _sort(table, factors)
 
 
 def noise_of(trials: pd.DataFrame, keys: list[str], name: str) -> SeedNoise | None:
-    """The seed noise of `name` across the settings (the `keys`) of `trials` (study.anova)."""
+    """The seed noise of `name` across the settings (the `keys`) of `trials` (study.report.anova)."""
     groups = trials[keys].astype(str).agg("|".join, axis=1) if keys else pd.Series("all", index=trials.index)
     return seed_noise(trials[name], groups)
 
@@ -163,7 +127,10 @@ def _pooled_intervals(table: pd.DataFrame, name: str, trials: pd.DataFrame, keys
         n = row[count]
         if noise is not None and noise.shared and n >= 1:
             half = float(stats.t.ppf(0.975, noise.df)) * noise.sd / math.sqrt(n)
-            table.loc[i, [f"{name}_ci95_low", f"{name}_ci95_high"]] = row[f"{name}_mean"] - half, row[f"{name}_mean"] + half
+            table.loc[i, [f"{name}_ci95_low", f"{name}_ci95_high"]] = (
+                row[f"{name}_mean"] - half,
+                row[f"{name}_mean"] + half,
+            )
             methods.append(f"pooled t, {noise.df} df")
         else:
             methods.append(f"per-setting t, {n - 1} df" if n >= 2 else "none")

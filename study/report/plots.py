@@ -22,8 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from study import metrics as m
-from study.storage import replacing
 from study.report.axes import colours, epoch_axis, log_y, no_data, numeric_axis, place_ticks, value_colours
+from study.storage import replacing
 
 DPI = 110
 FILES = {
@@ -61,7 +61,10 @@ class PlotData:
 def write_all(folder: Path, data: PlotData) -> dict[str, str]:
     """Draw every plot into `folder`; returns {kind: file name}."""
     drawers: dict[str, Callable[[PlotData], Figure]] = {
-        "heatmap": heatmap, "valid_curves": valid_curves, "grad_norms": grad_norms, "test_ppl": test_ppl,
+        "heatmap": heatmap,
+        "valid_curves": valid_curves,
+        "grad_norms": grad_norms,
+        "test_ppl": test_ppl,
     }
     for kind, draw in drawers.items():
         save(draw(data), folder / FILES[kind])
@@ -77,7 +80,9 @@ def heatmap(data: PlotData) -> Figure:
     mean = data.grid_mean.astype(float)
     rows, cols = mean.shape
     label_width = 0.075 * max((len(str(r)) for r in mean.index), default=4)  # inches for the row labels
-    figure = Figure(figsize=(max(6.0, 2.4 + label_width + 1.35 * cols), max(3.0, 1.6 + 0.6 * rows)), layout="constrained")
+    figure = Figure(
+        figsize=(max(6.0, 2.4 + label_width + 1.35 * cols), max(3.0, 1.6 + 0.6 * rows)), layout="constrained"
+    )
     axes = figure.add_subplot()
     values = np.ma.masked_invalid(mean.to_numpy())
     cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="#d9d9d9")
@@ -104,12 +109,16 @@ def heatmap(data: PlotData) -> Figure:
                 if diverged:
                     lines.append(f"{diverged}/{int(trials)} diverged")
             dark = not math.isnan(value) and norm(value) > 0.6  # viridis_r is dark at the top of its range
-            axes.text(j, i, "\n".join(lines), ha="center", va="center", fontsize=8.5, color="white" if dark else "black")
+            axes.text(
+                j, i, "\n".join(lines), ha="center", va="center", fontsize=8.5, color="white" if dark else "black"
+            )
     place_ticks(axes, {str(c): j for j, c in enumerate(mean.columns)}, rotate=True)
     axes.set_yticks(range(rows), [str(r) for r in mean.index])
     axes.set_xlabel(data.column_title or "")
     axes.set_ylabel(data.row_title)
-    subtitle = _interval_words(data.test, "best_valid_ppl", "± half of the ") + (" (lower is better)" if values.count() else "")
+    subtitle = _interval_words(data.test, "best_valid_ppl", "± half of the ") + (
+        " (lower is better)" if values.count() else ""
+    )
     wrapped = textwrap.fill(subtitle, int(figure.get_figwidth() * 11))  # ~11 characters an inch at 10 pt
     axes.set_title(f"{data.study}: mean best validation perplexity\n{wrapped}", fontsize=10)
     return figure
@@ -117,12 +126,16 @@ def heatmap(data: PlotData) -> Figure:
 
 def _interval_words(table: pd.DataFrame, name: str, lead: str) -> str:
     """What the plot's intervals are (after `lead`), from comparison.parquet's `<name>_ci_method`."""
-    shown = table.loc[table[f"n_{'valid' if name == 'best_valid_ppl' else 'test'}"] > 0, f"{name}_ci_method"].astype(str)
+    shown = table.loc[table[f"n_{'valid' if name == 'best_valid_ppl' else 'test'}"] > 0, f"{name}_ci_method"].astype(
+        str
+    )
     pooled, own = shown.str.startswith("pooled").any(), shown.str.startswith("per-setting").any()
     if pooled:
         return f"{lead}95% interval, from the seed noise pooled over the settings"
     if own:
-        return f"{lead}each setting's 95% Student-t interval over its seeds" + ("; none for one trial" if shown.eq("none").any() else "")
+        return f"{lead}each setting's 95% Student-t interval over its seeds" + (
+            "; none for one trial" if shown.eq("none").any() else ""
+        )
     return "no intervals: one trial or none per setting" if len(shown) else "no results yet"
 
 
@@ -148,11 +161,16 @@ def valid_curves(data: PlotData) -> Figure:
         for _, trial in shown.groupby("trial_id", sort=False):
             finite = trial[np.isfinite(trial[m.VALID_PPL].astype(float))]
             colour = palette.get(trial["colour"].iloc[0], "grey")
-            axes.plot(finite[m.EPOCH], finite[m.VALID_PPL], color=colour, alpha=0.8, linewidth=1.2, marker=".", markersize=3)
-            if trial[m.DIVERGED].any() and len(finite):
-                axes.plot(finite[m.EPOCH].iloc[-1], finite[m.VALID_PPL].iloc[-1], "x", color=colour, markersize=9, markeredgewidth=2)
-            elif (trial.get("status") == "stopped_early").any() and len(finite):
-                axes.plot(finite[m.EPOCH].iloc[-1], finite[m.VALID_PPL].iloc[-1], "s", color=colour, markersize=6, markerfacecolor="none")
+            axes.plot(
+                finite[m.EPOCH], finite[m.VALID_PPL], color=colour, alpha=0.8, linewidth=1.2, marker=".", markersize=3
+            )
+            if not len(finite):
+                continue
+            last = (finite[m.EPOCH].iloc[-1], finite[m.VALID_PPL].iloc[-1])  # where the curve ends
+            if trial[m.DIVERGED].any():
+                axes.plot(*last, "x", color=colour, markersize=9, markeredgewidth=2)
+            elif (trial.get("status") == m.STOPPED_EARLY).any():
+                axes.plot(*last, "s", color=colour, markersize=6, markerfacecolor="none")
         logs[index] = log_y(axes, shown[m.VALID_PPL])
         if not logs[index]:
             no_data(axes, "validation results")
@@ -160,24 +178,36 @@ def valid_curves(data: PlotData) -> Figure:
         if panel:
             axes.set_title(f"{data.panel_title} = {panel}" if "=" not in panel else panel, fontsize=10)
         axes.grid(True, which="both", alpha=0.3)
-    for axes in grid.flat[len(panels):]:
+    for axes in grid.flat[len(panels) :]:
         axes.set_visible(False)
     for axes in grid[-1]:
         axes.set_xlabel("epoch")
     for axes in grid[:, 0]:
         axes.set_ylabel("validation perplexity" + (" (log)" if any(logs) else ""))
-    handles = [Line2D([], [], color=palette[label], label=label) for label in data.colour_order] if scale is None else []
+    handles = (
+        [Line2D([], [], color=palette[label], label=label) for label in data.colour_order] if scale is None else []
+    )
     if scale is not None:  # sampled values: a colour bar, not a legend entry per trial
         figure.colorbar(scale, ax=grid.ravel().tolist(), label=f"{data.colour_title} (sampled)")
     if epochs[m.DIVERGED].astype(bool).any():
-        handles.append(Line2D([], [], color="black", marker="x", linestyle="none", label="diverged (last finite value)"))
-    if (epochs.get("status", pd.Series(dtype=str)) == "stopped_early").any():
-        handles.append(Line2D([], [], color="black", marker="s", markerfacecolor="none", linestyle="none", label="stopped by ASHA"))
+        handles.append(
+            Line2D([], [], color="black", marker="x", linestyle="none", label="diverged (last finite value)")
+        )
+    if (epochs.get("status", pd.Series(dtype=str)) == m.STOPPED_EARLY).any():
+        handles.append(
+            Line2D([], [], color="black", marker="s", markerfacecolor="none", linestyle="none", label="stopped by ASHA")
+        )
     longest = max((len(h.get_label()) for h in handles), default=1)
     fits = int(figure.get_figwidth() * 13 // (longest + 6))  # legend entries in a row: ~13 characters an inch
     if handles:
-        figure.legend(handles=handles, title=(data.colour_title or None) if scale is None else None, loc="outside lower center", fontsize=8,
-                      ncols=max(1, min(len(handles), fits)), title_fontsize=9)
+        figure.legend(
+            handles=handles,
+            title=(data.colour_title or None) if scale is None else None,
+            loc="outside lower center",
+            fontsize=8,
+            ncols=max(1, min(len(handles), fits)),
+            title_fontsize=9,
+        )
     figure.suptitle(f"{data.study}: validation perplexity by epoch, one line per trial")
     return figure
 
@@ -201,14 +231,20 @@ def grad_norms(data: PlotData) -> Figure:
         if label in data.thresholds:
             norms.axhline(data.thresholds[label], color=colour, linestyle=":", linewidth=1)
         clipped.plot(series.index, 100 * series[m.CLIP_FRACTION], color=colour, linewidth=1.6, marker=".", label=label)
-    log = drawn and log_y(norms, pd.concat([means[m.GRAD_NORM_P50], means[m.GRAD_NORM_P90], pd.Series(list(data.thresholds.values()))]))
+    log = drawn and log_y(
+        norms, pd.concat([means[m.GRAD_NORM_P50], means[m.GRAD_NORM_P90], pd.Series(list(data.thresholds.values()))])
+    )
     if not drawn:
         no_data(norms, "gradient norms")
     for axes in (norms, clipped):
         epoch_axis(axes, data.epochs[m.EPOCH])
     norms.set_xlabel("epoch")
     norms.set_ylabel("global gradient L2 norm before clipping" + (" (log)" if log else ""))
-    norms.set_title("Gradient norm per step: median (solid), 90th percentile (dashed)" + (", threshold c (dotted)" if data.thresholds else ""), fontsize=9.5)
+    norms.set_title(
+        "Gradient norm per step: median (solid), 90th percentile (dashed)"
+        + (", threshold c (dotted)" if data.thresholds else ""),
+        fontsize=9.5,
+    )
     norms.grid(True, which="both", alpha=0.3)
     clipped.set_xlabel("epoch")
     clipped.set_ylabel("steps clipped (% of the epoch's steps)")
@@ -263,10 +299,15 @@ def test_ppl(data: PlotData) -> Figure:
         place_ticks(axes, {str(label): i for i, label in enumerate(labels)}, rotate=True)
     axes.set_ylabel("test perplexity")
     axes.grid(True, alpha=0.3)
-    shown = [(h, label) for h, label in zip(*axes.get_legend_handles_labels()) if label != "mean"]  # "mean": the one line
+    shown = [
+        (h, label) for h, label in zip(*axes.get_legend_handles_labels()) if label != "mean"
+    ]  # "mean": the one line
     if shown:
         axes.legend(*zip(*shown), title=data.column_title or None, fontsize=8)
-    axes.set_title(f"{data.study}: test perplexity of completed trials\n{_interval_words(data.test, 'test_ppl', 'bars: ')}", fontsize=10)
+    axes.set_title(
+        f"{data.study}: test perplexity of completed trials\n{_interval_words(data.test, 'test_ppl', 'bars: ')}",
+        fontsize=10,
+    )
     return figure
 
 
@@ -278,8 +319,18 @@ def _errorbars(axes, x: np.ndarray, part: pd.DataFrame, colour, label: str, conn
     high = part["test_ppl_ci95_high"].to_numpy(float)
     # np.nan where there is no interval: matplotlib draws no bar for it.
     error = np.vstack([mean - low, high - mean])
-    axes.errorbar(x, mean, yerr=error, color=colour, marker="o", markersize=5, capsize=4,
-                  linestyle="-" if connect else "none", linewidth=1.3, label=label)
+    axes.errorbar(
+        x,
+        mean,
+        yerr=error,
+        color=colour,
+        marker="o",
+        markersize=5,
+        capsize=4,
+        linestyle="-" if connect else "none",
+        linewidth=1.3,
+        label=label,
+    )
 
 
 def _mark_stopped(axes, test: pd.DataFrame, position: Callable[[pd.Series], float]) -> None:
@@ -287,5 +338,13 @@ def _mark_stopped(axes, test: pd.DataFrame, position: Callable[[pd.Series], floa
     all its trials: shown as stopped, not silently missing."""
     stopped = test[(test["n_test"] == 0) & (test.get("n_stopped_early", 0) > 0)]
     for i, (_, row) in enumerate(stopped.iterrows()):
-        axes.plot([position(row)], [0.03], transform=axes.get_xaxis_transform(), marker="x", color="grey",
-                  linestyle="none", markersize=7, label="stopped by ASHA (no test perplexity)" if i == 0 else None)
+        axes.plot(
+            [position(row)],
+            [0.03],
+            transform=axes.get_xaxis_transform(),
+            marker="x",
+            color="grey",
+            linestyle="none",
+            markersize=7,
+            label="stopped by ASHA (no test perplexity)" if i == 0 else None,
+        )

@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 import study
-from study.report.collect import Experiment
 from study.errors import UsageError
-from study.storage import child_location, filesystem_and_path, split_location
 from study.redact import redact
+from study.report.collect import Experiment
+from study.storage import child_location, filesystem_and_path, split_location
 from study.tables import TRIALS, read_provenance
 
 
@@ -104,11 +104,18 @@ def _git_head() -> dict[str, Any]:
             if head.returncode != 0:
                 continue
             status = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder, capture_output=True, text=True, timeout=10
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=folder,
+                capture_output=True,
+                text=True,
+                timeout=10,
             )
         except (OSError, subprocess.SubprocessError):
             break
-        return {"git_commit": head.stdout.strip(), "git_dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
+        return {
+            "git_commit": head.stdout.strip(),
+            "git_dirty": bool(status.stdout.strip()) if status.returncode == 0 else None,
+        }
     return {"git_commit": None, "git_dirty": None}
 
 
@@ -134,7 +141,9 @@ def print_provenance(target: str) -> None:
     except (pa.ArrowException, OSError, ValueError) as error:
         raise UsageError(f"{table}: cannot open ({str(error).splitlines()[0]})") from None
     if not found:
-        raise UsageError(f"{table}: no such table, expected a report table: run `python -m study.report {target}` first")
+        raise UsageError(
+            f"{table}: no such table, expected a report table: run `python -m study.report {target}` first"
+        )
     try:
         prov = read_provenance(path, filesystem=fs)
     except (pa.ArrowException, OSError, json.JSONDecodeError) as error:

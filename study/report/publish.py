@@ -49,7 +49,7 @@ def remove_stale_stages(folder: Path) -> list[Path]:
     """Remove the staging folders in `folder` left by reports that no longer run; returns them."""
     removed = []
     for stage in folder.glob(f"{STAGE_PREFIX}*"):
-        host, _, rest = stage.name[len(STAGE_PREFIX):].rpartition("-")[0].rpartition("-")
+        host, _, rest = stage.name[len(STAGE_PREFIX) :].rpartition("-")[0].rpartition("-")
         pid = rest if rest.isdigit() else ""
         if host == socket.gethostname() and pid:
             stale = not _running(int(pid))
@@ -81,8 +81,10 @@ def publish(stage: Path, files: list[str], summary: str, stale: list[str], locat
             os.replace(stage / name, location.local / name)
         else:
             pafs.copy_files(
-                str(stage / name), f"{location.root}/{name}",
-                source_filesystem=pafs.LocalFileSystem(), destination_filesystem=location.fs,
+                str(stage / name),
+                f"{location.root}/{name}",
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=location.fs,
             )
 
 

@@ -93,7 +93,8 @@ def locate(experiment_dir: str | os.PathLike, storage_filesystem: pafs.FileSyste
         raise UsageError(f"{given}: the folder is empty, {EXPECTED}")
     if not any(is_state_file(entry.base_name) for entry in entries):
         inside = [
-            entry.base_name for entry in entries
+            entry.base_name
+            for entry in entries
             if entry.type == pafs.FileType.Directory
             and any(is_state_file(e.base_name) for e in fs.get_file_info(pafs.FileSelector(entry.path)))
         ]
@@ -243,7 +244,7 @@ def _json_line(line: str) -> dict[str, Any] | None:
     return row if isinstance(row, dict) else None
 
 
-def error_line(location: Location, trial: TrialState) -> str:
+def trial_error_line(location: Location, trial: TrialState) -> str:
     """The last line of a failed trial's error file (the exception), or why there is none."""
     if trial.problem:
         return trial.problem

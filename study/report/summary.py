@@ -2,33 +2,48 @@
 
     python -m study.report results/grad_clip   # writes summary.md (through study.report.write_report)
 
-`summary(experiment, comparison, grid, pictures)` returns the markdown; study.report collects the
-experiment, compares the settings, lays them out as a Pivot and writes the file.
+`summary(experiment, comparison, grid, pictures)` returns a Summary: the markdown and the parts the
+console shows (the headline, the answer, the notes); study.report collects the experiment, compares
+the settings, lays them out as a Pivot and writes the file.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from study import metrics as m
+from study.labels import value_label
 from study.report.anova import interaction
-from study.report.comparison import RANKED, STATUSES, UNFINISHED, Pivot, format_value, noise_of, sampled_keys, setting_keys
 from study.report.collect import Experiment
-from study.storage import split_location
+from study.report.comparison import Pivot, noise_of, sampled_keys, setting_keys
 from study.report.provenance import space_description
+from study.storage import split_location
 from study.tables import COMPARISON, EPOCHS, STUDY_FILE, TRIALS
 
 
-def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictures: dict[str, str]) -> str:
+@dataclass(frozen=True)
+class Summary:
+    """summary.md and the parts of it that the console prints (markdown, as in the file)."""
+
+    headline: str  # "Studied: ...": the space, the trials, the budget, the statuses
+    answer: str  # the best setting and those not distinguishable from it
+    notes: tuple[str, ...]  # on a partial, failed or single-seed experiment
+    text: str  # the whole of summary.md
+
+
+def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictures: dict[str, str]) -> Summary:
     """summary.md: the answer in the first lines, then the evidence."""
     trials, info = experiment.trials, experiment.study
     name = info.get("space") or Path(experiment.location.root).name
     counts = trials["status"].value_counts()
     n = len(trials)
-    epochs_each = info.get("epochs") or (int(trials["epochs"].max()) if "epochs" in trials else int(trials["epochs_run"].max()))
+    epochs_each = info.get("epochs") or (
+        int(trials["epochs"].max()) if "epochs" in trials else int(trials["epochs_run"].max())
+    )
     shared = int(experiment.epochs[m.SHARED_PREFIX].sum())  # epochs a trial took from a shared prefix
     trained = int(trials["epochs_run"].sum()) - shared
     hours = trials["seconds"].sum() / 3600
@@ -38,13 +53,17 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
     studied = [f"space `{name}`" if info.get("space") else f"experiment `{name}`"]
     studied += [f"preset {info['preset']}"] if info.get("preset") else []
     studied += [f"{epochs_each} epochs per trial", f"{n} trials ({_settings_by_seeds(comparison, experiment)})"]
-    lines.append(
-        "Studied: " + ", ".join(studied) + f". Budget: {trained} of {n * epochs_each} epochs trained"
-        + (f" ({shared} more taken from shared prefixes), " if shared else ", ") +
-        f"{hours:.2f} h of trial time. Status: "
-        + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in STATUSES if counts.get(s, 0)) + "."
+    headline = (
+        "Studied: "
+        + ", ".join(studied)
+        + f". Budget: {trained} of {n * epochs_each} epochs trained"
+        + (f" ({shared} more taken from shared prefixes), " if shared else ", ")
+        + f"{hours:.2f} h of trial time. Status: "
+        + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in m.STATUSES if counts.get(s, 0))
+        + "."
     )
-    lines.append(_answer(comparison))
+    answer = _answer(comparison)
+    lines += [headline, answer]
     notes = _notes(trials, comparison, experiment)
     if notes:
         lines.append("\n".join(f"> {note}" for note in notes))
@@ -57,13 +76,20 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
     )
     lines.append(_markdown_grid(grid, "best_valid_ppl"))
     lines.append("## Test perplexity (completed trials)")
-    lines.append("Mean over seeds of the completed trials' test perplexity. " + _interval_method(experiment, "test_ppl"))
+    lines.append(
+        "Mean over seeds of the completed trials' test perplexity. " + _interval_method(experiment, "test_ppl")
+    )
     lines.append(_markdown_grid(grid, "test_ppl"))
     crossed = [f for f in experiment.factors if not f.is_case]
     if len(experiment.factors) == 2 and len(crossed) == 2:
-        answer = interaction(trials, experiment.epochs, crossed[0].keys[0], crossed[1].keys[0], lambda key, value: format_value(value))
+        fitted = interaction(
+            trials, experiment.epochs, crossed[0].keys[0], crossed[1].keys[0], lambda key, value: value_label(value)
+        )
         lines.append("## Interaction")
-        lines.append(answer or f"Not fitted: {crossed[0].name} x {crossed[1].name} needs every combination with at least two finished seeds.")
+        lines.append(
+            fitted
+            or f"Not fitted: {crossed[0].name} x {crossed[1].name} needs every combination with at least two finished seeds."
+        )
     lines.append("## Divergence")
     lines.append(_divergence(comparison, trials))
     if experiment.errors:
@@ -79,14 +105,13 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
     lines.append("\n\n".join(f"![{captions.get(kind, kind)}]({file})" for kind, file in pictures.items()))
     lines.append("## How the numbers are made")
     lines.append(
-        "- Status: `completed` trained all epochs; `stopped_early` ASHA stopped it sooner; `diverged` its loss "
-        "became NaN or infinite; `error` Ray marked it failed; `running` started but not finished; `pending` not started.\n"
+        "- Status: " + "; ".join(f"`{status}` {meaning}" for status, meaning in m.STATUSES.items()) + ".\n"
         "- Validation statistics pool a setting's completed and stopped-early trials (a stopped trial with the best "
         "perplexity it reached); test statistics use completed trials only. `none` as max_grad_norm means no clipping.\n"
         f"- Tables: `{TRIALS}`, `{EPOCHS}`, `{COMPARISON}` in this folder; their provenance: "
         f"`python -m study.report {experiment.location.given} --provenance`."
     )
-    return "\n\n".join(lines) + "\n"
+    return Summary(headline, answer, tuple(notes), "\n\n".join(lines) + "\n")
 
 
 def _settings_by_seeds(comparison: pd.DataFrame, experiment: Experiment) -> str:
@@ -119,7 +144,9 @@ def _answer(comparison: pd.DataFrame) -> str:
     overlapping = others[others["best_valid_ppl_ci95_low"] <= best["best_valid_ppl_ci95_high"]]
     if overlapping.empty:
         return text + " No other setting's interval overlaps it."
-    listed = ", ".join(f"{r['setting']} ({_with_interval(r, 'best_valid_ppl')})" for _, r in overlapping.head(5).iterrows())
+    listed = ", ".join(
+        f"{r['setting']} ({_with_interval(r, 'best_valid_ppl')})" for _, r in overlapping.head(5).iterrows()
+    )
     more = f", and {len(overlapping) - 5} more" if len(overlapping) > 5 else ""
     return text + f" Not distinguishable from it (intervals overlap): {listed}{more}."
 
@@ -135,8 +162,8 @@ def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experimen
     notes = []
     storage, space = split_location(experiment.location.given)
     space = experiment.study.get("space") or space
-    running, pending = (int((trials["status"] == s).sum()) for s in UNFINISHED)
-    errored = int((trials["status"] == "error").sum())
+    running, pending = (int((trials["status"] == s).sum()) for s in (m.RUNNING, m.PENDING))
+    errored = int((trials["status"] == m.ERROR).sum())
     # The sweep's own resume command (study.json): the space as given, its storage and data folder.
     again = experiment.study.get("resume_command") or f"python -m study.sweep {space} --storage {storage} --resume"
     if running or pending:
@@ -171,7 +198,9 @@ def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experimen
 
 def _interval_method(experiment: Experiment, name: str) -> str:
     """Which interval each setting's `name` has: pooled seed noise (when the settings share it) or per setting."""
-    trials = experiment.trials[experiment.trials["status"].isin(RANKED if name == "best_valid_ppl" else ("completed",))]
+    trials = experiment.trials[
+        experiment.trials["status"].isin(m.RANKED if name == "best_valid_ppl" else (m.COMPLETED,))
+    ]
     noise = noise_of(trials, setting_keys(experiment.factors), name) if len(trials) else None
     if noise is None:
         return "No setting has two such trials, so there are no intervals."
@@ -201,7 +230,7 @@ def _markdown_grid(grid: Pivot, name: str) -> str:
 
 
 def _divergence(comparison: pd.DataFrame, trials: pd.DataFrame) -> str:
-    total = int((trials["status"] == "diverged").sum())
+    total = int((trials["status"] == m.DIVERGED).sum())
     if not total:
         return "No trial diverged."
     hit = comparison[comparison["n_diverged"] > 0]

@@ -116,7 +116,9 @@ def check_address(address: str | None) -> None:
         return  # "auto"/"local" are resolved by Ray itself; ray:// goes through Ray Client
     host, _, port = address.rpartition("://")[2].partition("/")[0].rpartition(":")
     if not host or not port.isdigit():
-        raise UsageError(f"--address {address}: expected host:port of the Ray head's GCS (e.g. 10.0.0.5:6379), 'auto' or 'local'")
+        raise UsageError(
+            f"--address {address}: expected host:port of the Ray head's GCS (e.g. 10.0.0.5:6379), 'auto' or 'local'"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as error:

@@ -4,13 +4,12 @@
     python -m study.sweep grad_clip --dry-run                          # the plan of the real study
     ray job submit --address http://HEAD:8265 --working-dir . -- python -m study.sweep grad_clip --storage /shared/results
 
-The study is a YAML file in search_spaces/ (see study/spaces.py). Results go to
+The study is a YAML file in search_spaces/ (see study/sweep/space_file.py). Results go to
 `<storage>/<study>/`: Ray's experiment folder (checkpoints, TensorBoard events, progress) and the
 report's tables. `--resume` continues an interrupted sweep without rerunning finished trials.
 Trials that differ only in settings that act late train their shared first epochs once
-(study/prefix.py, study/prefix_search.py); `--no-prefix-sharing` trains every trial from scratch.
+(study/sweep/prefix.py, study/sweep/prefix_search.py); `--no-prefix-sharing` trains every trial from scratch.
 """
-
 
 from __future__ import annotations
 
@@ -24,35 +23,55 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from study import metrics as m
-from study.sweep.capacity import (
-    Node, autoscaling, check_address, check_capacity, check_resource_flag, check_shared_storage, live_nodes, trials_at_once,
-)
-from study.train import DATA_ENV, load_corpus
 from study.errors import UsageError, main_with_errors
-from study.sweep.progress import SweepProgress, quiet_ray, start_board
 from study.redact import redact
-from study.sweep.space_file import load_space
-from study.sweep.spaces import trial_config
-from study.train import available_cpus
-
-
-
-from study.sweep.tuner import (
-    SweepOptions, check_storage, experiment_exists, experiment_started, plan, plan_timing, read_study_file,
-    run_sweep, saved_by_sharing, storage_uri,
+from study.sweep.board import quiet_ray, start_board
+from study.sweep.capacity import (
+    Node,
+    autoscaling,
+    check_address,
+    check_capacity,
+    check_resource_flag,
+    check_shared_storage,
+    live_nodes,
+    trials_at_once,
 )
+from study.sweep.progress import SweepProgress
+from study.sweep.space_file import load_space
+from study.sweep.tuner import (
+    LAYOUT,
+    SweepOptions,
+    SweepResult,
+    check_storage,
+    experiment_exists,
+    experiment_started,
+    plan,
+    plan_timing,
+    read_study_file,
+    run_sweep,
+    saved_by_sharing,
+    storage_uri,
+)
+from study.train import DATA_ENV, available_cpus, load_corpus
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m study.sweep", allow_abbrev=False, description=__doc__.split("\n\n")[0])
-    parser.add_argument("space", help="a study in search_spaces/ (grad_clip, clip_modes, lr_schedules, smoke) or a YAML path")
-    parser.add_argument("--data-dir", help=f"folder with ptb.{{train,valid,test}}.txt (else ${DATA_ENV}, the cache, a download)")
-    parser.add_argument(
-        "--storage", help="where results go: a folder or a URI every node reaches (default results/; required on a cluster or as a Ray job)",
+    parser = argparse.ArgumentParser(
+        prog="python -m study.sweep", allow_abbrev=False, description=__doc__.split("\n\n")[0]
     )
     parser.add_argument(
-        "--address", default=None,
+        "space", help="a study in search_spaces/ (grad_clip, clip_modes, lr_schedules, smoke) or a YAML path"
+    )
+    parser.add_argument(
+        "--data-dir", help=f"folder with ptb.{{train,valid,test}}.txt (else ${DATA_ENV}, the cache, a download)"
+    )
+    parser.add_argument(
+        "--storage",
+        help="where results go: a folder or a URI every node reaches (default results/; required on a cluster or as a Ray job)",
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
         help="Ray cluster address (default: $RAY_ADDRESS as set by ray job submit, else a private local Ray, never another one running here)",
     )
     parser.add_argument("--cpus-per-trial", type=float, help="CPUs per trial, fractions allowed (default: the space's)")
@@ -63,9 +82,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-failures", type=int, default=2, help="retries of a trial whose worker dies (default 2)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep in <storage>/<study>")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and exit without training")
-    parser.add_argument("--verbose", action="store_true", help="Ray Tune's own console output instead of the compact progress view")
     parser.add_argument(
-        "--no-prefix-sharing", action="store_true",
+        "--verbose", action="store_true", help="Ray Tune's own console output instead of the compact progress view"
+    )
+    parser.add_argument(
+        "--no-prefix-sharing",
+        action="store_true",
         help="train every trial from its first epoch, even those that share their first epochs with others (same results)",
     )
     return parser.parse_args(argv)
@@ -73,7 +95,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def options_from_args(args: argparse.Namespace) -> SweepOptions:
     for flag in ("cpus_per_trial", "gpus_per_trial", "num_samples", "epochs", "max_failures"):
-        check_resource_flag(f"--{flag.replace('_', '-')}", getattr(args, flag), positive=flag in ("cpus_per_trial", "num_samples", "epochs"))
+        check_resource_flag(
+            f"--{flag.replace('_', '-')}",
+            getattr(args, flag),
+            positive=flag in ("cpus_per_trial", "num_samples", "epochs"),
+        )
     space = load_space(args.space, epochs=args.epochs, seeds=args.seeds)
     return SweepOptions(
         space=space,
@@ -97,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     if options.resume:
         args, options = to_resume(args, options)
     elif experiment_exists(options.experiment):
-        raise UsageError(f"{redact(options.experiment)} already holds this study: add --resume to continue it, or choose another --storage")
+        raise UsageError(
+            f"{redact(options.experiment)} already holds this study: add --resume to continue it, or choose another --storage"
+        )
     elif experiment_started(options.experiment):  # killed before Ray saved anything: nothing to lose
-        print(f"{redact(options.experiment)}: a sweep started here and stopped before Ray saved its state; starting it again")
+        print(
+            f"{redact(options.experiment)}: a sweep started here and stopped before Ray saved its state; starting it again"
+        )
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not args.verbose:
         quiet_ray()
@@ -123,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     # Ray already running on the machine. Ray 2.60 binds its servers to every interface (it turns a
     # loopback node address into the host's), and guards them with its token (~/.ray/auth_token).
     ray.init(
-        address=address or "local", log_to_driver=False, include_dashboard=False if address is None else None,
+        address=address or "local",
+        log_to_driver=False,
+        include_dashboard=False if address is None else None,
         logging_level=logging.INFO if args.verbose else logging.WARNING,
     )
     nodes = live_nodes()
@@ -133,29 +165,35 @@ def main(argv: list[str] | None = None) -> int:
     if capacity_warning:
         print(capacity_warning, flush=True)
     tracker = SweepProgress.for_sweep(
-        options.space, options.epochs, options.num_samples, timing,
-        trials_at_once(options.cpus_per_trial, options.gpus_per_trial, nodes), start_board(), verbose=args.verbose,
+        options.space,
+        options.epochs,
+        options.num_samples,
+        timing,
+        trials_at_once(options.cpus_per_trial, options.gpus_per_trial, nodes),
+        start_board(),
+        verbose=args.verbose,
         shared_epochs_saved=saved_by_sharing(options),
     )
     again = resume_command(args, options, corpus.folder)
     try:
-        results = run_sweep(options, corpus, [tracker], resume_with=again)
+        outcome = run_sweep(options, corpus, [tracker], resume_with=again)
     except KeyboardInterrupt:  # a second Ctrl-C, while Tune was saving its state
-        results = None
+        outcome = None
     finally:
         tracker.close()
-    if results is not None:
-        print(redact(closing_summary(options, results, again)))
-    if results is None or tracker.interrupted:
+    if outcome is not None:
+        print(redact(closing_summary(options, outcome.results, again)))
+    if outcome is None or tracker.interrupted:
         print(redact("\n".join(tracker.interruption_lines(options.experiment, again))))
         return 130  # as a shell reports a command stopped by SIGINT
-    return exit_code(results)
+    return exit_code(outcome)
 
 
-def exit_code(results: tune.ResultGrid) -> int:
+def exit_code(outcome: SweepResult) -> int:
     """1 when a trial ended in error after its retries, no trial finished an epoch, or the report's
     plots or summary failed; else 0."""
-    failed = any(result.error for result in results) or getattr(results, "report_failure", None)
+    results = outcome.results
+    failed = any(result.error for result in results) or outcome.report_failure
     return 1 if failed or not any(result.metrics for result in results) else 0
 
 
@@ -174,6 +212,13 @@ def to_resume(args: argparse.Namespace, options: SweepOptions) -> tuple[argparse
             return args, replace(options, resume=False)
         raise UsageError(f"--resume: no sweep to continue in {where}")
     study = read_study_file(options.experiment)
+    if study and study.get("layout") != LAYOUT:
+        commit = f" (git commit {study['git_commit']})" if study.get("git_commit") else ""
+        raise UsageError(
+            f"--resume: the sweep in {where} was started by study {study.get('versions', {}).get('study', 'before 0.2')}, "
+            f"whose modules Ray saved under names this version no longer has; continue it with the code that "
+            f"started it{commit}, or start a new study with another --storage"
+        )
     if study.get("space_text") not in (None, options.space.text):
         raise UsageError(
             f"{options.space.path}: changed since the sweep in {where} started; --resume continues the sweep "
@@ -189,11 +234,16 @@ def to_resume(args: argparse.Namespace, options: SweepOptions) -> tuple[argparse
                 f"to run with {name} {given}, start a new study with another --storage"
             )
     if args.no_prefix_sharing and study.get("prefix_sharing"):
-        raise UsageError(f"--no-prefix-sharing: the sweep in {where} started with shared prefixes, and continues with them")
-    filled = argparse.Namespace(**{
-        **vars(args), **{flag: value for flag, value in started.items() if value is not None},
-        "no_prefix_sharing": args.no_prefix_sharing or study.get("prefix_sharing") is False,
-    })
+        raise UsageError(
+            f"--no-prefix-sharing: the sweep in {where} started with shared prefixes, and continues with them"
+        )
+    filled = argparse.Namespace(
+        **{
+            **vars(args),
+            **{flag: value for flag, value in started.items() if value is not None},
+            "no_prefix_sharing": args.no_prefix_sharing or study.get("prefix_sharing") is False,
+        }
+    )
     return filled, options_from_args(filled)
 
 
@@ -216,31 +266,24 @@ def resume_command(args: argparse.Namespace, options: SweepOptions, data_dir: st
     return shlex.join([*words, "--resume"])
 
 
-def error_line(error: BaseException) -> str:
-    """The last line of a trial's error: for a StateError, the refusal naming the checkpoint."""
+def exception_line(error: BaseException) -> str:
+    """The last line of an exception (a trial's error): for a StateError, the refusal naming the checkpoint."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
 
 
 def closing_summary(options: SweepOptions, results: tune.ResultGrid, resume_with: str | None = None) -> str:
-    """The lines printed when the sweep ends: errors, the best setting, where the results are."""
+    """The lines printed when the sweep ends: errors and where the results are. The best setting is
+    the report's to name (printed just before, in its labels, ranked as its tables rank settings)."""
     errored = [result for result in results if result.error]
     lines = [f"{len(results)} trials, {len(errored)} errored" + ("." if not errored else " after their retries:")]
-    lines += [f"  {Path(result.path).name}: {error_line(result.error)}" for result in errored]
+    lines += [f"  {Path(result.path).name}: {exception_line(result.error)}" for result in errored]
     if errored and resume_with:
         lines.append(f"Once the cause is fixed, retry them from their last checkpoints: {resume_with}")
-    try:
-        best = results.get_best_result(metric=m.OBJECTIVE, mode=m.MODE, scope="all", filter_nan_and_inf=True)
-    except RuntimeError:  # no trial reported a finite valid_ppl yet (interrupted early, or all diverged)
-        best = None
-    history = best.metrics_dataframe if best is not None else None
-    if history is not None and m.OBJECTIVE in history:
-        config = trial_config(best.config, options.space.preset).model_dump()
-        setting = {key: config[key] for key in options.space.varied_keys()}
-        lines.append(f"Best {m.OBJECTIVE}: {history[m.OBJECTIVE].min():.2f} with {setting}")
-    elif results and not any(result.metrics for result in results):
+    if results and not any(result.metrics for result in results):
         lines.append("No trial finished an epoch: there is nothing to compare.")
-    lines.append(f"Tables and summary: {options.experiment} (trials.parquet, epochs.parquet, comparison.parquet, summary.md)")
+    lines.append(
+        f"Tables and summary: {options.experiment} (trials.parquet, epochs.parquet, comparison.parquet, summary.md)"
+    )
     lines.append(f"TensorBoard: tensorboard --logdir {options.experiment}")
     return "\n".join(lines)
-

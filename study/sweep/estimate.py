@@ -26,12 +26,10 @@ from pathlib import Path
 
 import torch
 
-from study import metrics as m
 from study.config import TrainConfig
 from study.storage import write_bytes
-from study.train import Corpus, cache_dir, num_batches
 from study.sweep.spaces import AshaSettings, Space
-from study.train import Trainer, set_threads
+from study.train import Corpus, Trainer, cache_dir, num_batches, set_threads
 
 CACHE_FILE = "calibration.json"
 TIMED_STEPS = 16  # per timed pass; as many again warm up (allocations, thread pool, first calls)
@@ -82,13 +80,22 @@ def brackets(space: Space, epochs: int) -> list[tuple[float, tuple[int, ...]]]:
     return [(weight / sum(weights), rungs) for weight, rungs in zip(weights, found)]
 
 
-def trial_epochs(space: Space, epochs: int, num_samples: int | None = None, shared_epochs_saved: int = 0) -> TrialEpochs:
+def trial_epochs(
+    space: Space, epochs: int, num_samples: int | None = None, shared_epochs_saved: int = 0
+) -> TrialEpochs:
     """The study's trial-epochs: the full grid, ASHA's expectation, and what sharing saves."""
     trials = space.trial_count(num_samples)
-    per_trial = sum(share * expected_epochs(rungs, space.scheduler.reduction_factor, epochs) for share, rungs in brackets(space, epochs))
+    per_trial = sum(
+        share * expected_epochs(rungs, space.scheduler.reduction_factor, epochs)
+        for share, rungs in brackets(space, epochs)
+    )
     return TrialEpochs(
-        trials=trials, epochs=epochs, asha=trials * per_trial, rungs=tuple(space.rungs(epochs)),
-        reduction_factor=space.scheduler.reduction_factor, shared_saved=shared_epochs_saved,
+        trials=trials,
+        epochs=epochs,
+        asha=trials * per_trial,
+        rungs=tuple(space.rungs(epochs)),
+        reduction_factor=space.scheduler.reduction_factor,
+        shared_saved=shared_epochs_saved,
     )
 
 
@@ -124,7 +131,10 @@ def cpu_model() -> str:
 
 def calibration_key(config: TrainConfig, threads: int, device: str) -> str:
     """What makes a step faster or slower: the machine, torch, threads and the run's shape."""
-    shape = {name: getattr(config, name) for name in ("num_layers", "hidden_size", "num_steps", "batch_size", "max_words", "precision")}
+    shape = {
+        name: getattr(config, name)
+        for name in ("num_layers", "hidden_size", "num_steps", "batch_size", "max_words", "precision")
+    }
     key = {"threads": threads, "device": device, "torch": torch.__version__, "cpu": cpu_model(), **shape}
     return json.dumps(key, sort_keys=True)
 
@@ -137,28 +147,38 @@ def measure(config: TrainConfig, corpus: Corpus, threads: int, device: str, step
     steps_per_epoch = num_batches(len(full.train) // bs, ns, batch_size=bs)
     valid_words = num_batches(len(full.valid) // bs, ns, batch_size=bs) * bs * ns
     steps = min(steps, steps_per_epoch)
-    # Epochs past the probe's two, so that neither runs the test pass.
-    probe = config.model_copy(update={"max_words": bs * (steps * ns + 1), "epochs": config.epochs + 2})
+    # The first words of each split: an epoch of `steps` steps and a validation pass as short.
+    probe = config.model_copy(update={"max_words": bs * (steps * ns + 1)})
     previous = torch.get_num_threads()
     set_threads(threads)
     try:
         trainer = Trainer(probe, corpus, device)
-        trainer.run_epoch()  # warm-up
-        result = trainer.run_epoch()
+        trainer.train_steps(steps)  # warm-up of both
+        trainer.validate()
+        train_words, train_seconds = trainer.train_steps(steps)
+        started = time.perf_counter()
+        trainer.validate()
+        probe_valid_seconds = time.perf_counter() - started
     finally:
         set_threads(previous)
-    train_seconds = steps * bs * ns / result[m.WORDS_PER_SEC]
     probe_valid_words = num_batches(trainer.valid_data.shape[1], ns) * bs * ns
-    valid_seconds = max(result[m.EPOCH_SECONDS] - train_seconds, 0.0) / probe_valid_words * valid_words
-    step_seconds = train_seconds / steps
+    valid_seconds = probe_valid_seconds / probe_valid_words * valid_words
+    step_seconds = train_seconds * bs * ns / train_words
     return Calibration(
-        seconds_per_epoch=steps_per_epoch * step_seconds + valid_seconds, step_seconds=step_seconds,
-        steps_per_epoch=steps_per_epoch, valid_seconds=valid_seconds, threads=threads, device=device,
-        corpus=corpus.sha256.get("ptb.train.txt", ""), measured=time.strftime("%Y-%m-%d %H:%M"),
+        seconds_per_epoch=steps_per_epoch * step_seconds + valid_seconds,
+        step_seconds=step_seconds,
+        steps_per_epoch=steps_per_epoch,
+        valid_seconds=valid_seconds,
+        threads=threads,
+        device=device,
+        corpus=corpus.sha256.get("ptb.train.txt", ""),
+        measured=time.strftime("%Y-%m-%d %H:%M"),
     )
 
 
-def calibration(config: TrainConfig, corpus: Corpus | None, threads: int, device: str = "cpu", cache: Path | None = None) -> Calibration | str:
+def calibration(
+    config: TrainConfig, corpus: Corpus | None, threads: int, device: str = "cpu", cache: Path | None = None
+) -> Calibration | str:
     """The cached calibration of this machine and run shape, else a new one (then cached); without
     a corpus to time on and no cache entry: the reason, as a phrase for the plan."""
     cache = cache_path() if cache is None else cache
@@ -210,7 +230,8 @@ def estimate_lines(counts: TrialEpochs, timing: Calibration | str | None, concur
     asha = (
         f"{counts.asha:.0f} expected with ASHA (1/{counts.reduction_factor:g} go on at epoch"
         f"{'s' * (len(counts.rungs) > 1)} {', '.join(map(str, counts.rungs))})"
-        if counts.rungs else f"{counts.asha:.0f} with ASHA (no rung before the last epoch)"
+        if counts.rungs
+        else f"{counts.asha:.0f} with ASHA (no rung before the last epoch)"
     )
     lines = [f"  trial-epochs: {counts.full} for the full grid ({counts.trials} x {counts.epochs}); {asha}"]
     if counts.shared_saved:
@@ -229,8 +250,14 @@ def estimate_lines(counts: TrialEpochs, timing: Calibration | str | None, concur
     if concurrency == 0:
         return [*lines, "  time: not estimated: no node of the cluster has the resources of one trial"]
     if concurrency is None:
-        return [*lines, f"  time: {format_duration(work)} of training in all; {per_epoch}",
-                f"    to divide by the trials the cluster runs at once (unknown before joining it); assumes {stops}"]
+        return [
+            *lines,
+            f"  time: {format_duration(work)} of training in all; {per_epoch}",
+            f"    to divide by the trials the cluster runs at once (unknown before joining it); assumes {stops}",
+        ]
     at_once = min(concurrency, counts.trials)
-    return [*lines, f"  time: {format_duration(work / at_once)}; {per_epoch}",
-            f"    assumes every node as fast as this one, {at_once} trial{'s' if at_once > 1 else ''} at once, {stops}"]
+    return [
+        *lines,
+        f"  time: {format_duration(work / at_once)}; {per_epoch}",
+        f"    assumes every node as fast as this one, {at_once} trial{'s' if at_once > 1 else ''} at once, {stops}",
+    ]

@@ -3,7 +3,7 @@
     python -m study.sweep grad_clip --dry-run     # the plan: 832 trial-epochs, 592 with ASHA, 400 sharing prefixes
 
 With the zaremba schedule, trials that differ only in lr_decay are identical, bit for bit, through
-epoch decay_start (study.schedules.late_settings says which settings act late, and from when). Such
+epoch decay_start (study.train.schedules.late_settings says which settings act late, and from when). Such
 trials form a group under one prefix key, a hash of every other setting and the prefix's length.
 The first of them to train the prefix stores the run state after its last epoch, and the reports of
 its epochs, in `<experiment>/prefixes/<key>.pt` (a folder or a URI every node reaches, s3:// too);
@@ -11,7 +11,7 @@ a trial that starts without a checkpoint of its own and finds its prefix stored 
 the stored epochs again marked `shared_prefix`, and trains on. A prefix that diverged is stored at
 its last epoch: the trials that take it report the same diverged curve and stop, as if they had
 trained it. A prefix is a cache: a trial that finds none (its first trial errored) or one that fails
-its checks trains the epochs itself, with the same result, and stores them. study.prefix_search
+its checks trains the epochs itself, with the same result, and stores them. study.sweep.prefix_search
 holds a group's other trials back until its first trial has stored the prefix.
 
 A prefix ends before ASHA's first rung, so that ASHA never stops a trial inside it and every rung
@@ -33,9 +33,8 @@ import pyarrow.fs as pafs
 from study import metrics as m
 from study.config import TrainConfig
 from study.storage import child_location, filesystem_and_path, write_bytes
-from study.train import late_settings
 from study.sweep.spaces import SAMPLED, Space, trial_config
-from study.train import StateError, check_identity, decode_state, encode_state
+from study.train import StateError, check_identity, decode_state, encode_state, late_settings
 
 FOLDER = "prefixes"  # inside the experiment folder
 REPORTS = "prefix_reports"  # in a trial's checkpoint: its reports of the prefix epochs, until it stores them
@@ -54,7 +53,7 @@ class Prefix:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def identity(self, data_sha256: dict[str, str]) -> dict[str, Any]:
-        """What a stored prefix must match, as study.state.check_identity reads it."""
+        """What a stored prefix must match, as study.train.state.check_identity reads it."""
         return {"config": {**self.settings, "prefix_epochs": self.epochs}, "data_sha256": dict(data_sha256)}
 
 
@@ -157,9 +156,9 @@ class SharingPlan:
 class TrialPrefix:
     """One trial's side of its shared prefix: take it from the store, or train it and store it.
 
-        prefix = TrialPrefix(plan, plan.prefix(config), corpus.sha256, trial_id)
-        reports = prefix.take(trainer)             # a fresh trial: [] when none is stored
-        extra = prefix.after_epoch(trainer, report)   # after each trained epoch; into the checkpoint
+    prefix = TrialPrefix(plan, plan.prefix(config), corpus.sha256, trial_id)
+    reports = prefix.take(trainer)             # a fresh trial: [] when none is stored
+    extra = prefix.after_epoch(trainer, report)   # after each trained epoch; into the checkpoint
     """
 
     def __init__(self, plan: SharingPlan, prefix: Prefix, data_sha256: dict[str, str], trial_id: str):

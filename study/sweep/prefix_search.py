@@ -1,5 +1,5 @@
 """Tune's search algorithm for shared prefixes: a group's first trial at once, the others once it has
-stored the prefix (study/prefix.py).
+stored the prefix (study/sweep/prefix.py).
 
     tune.TuneConfig(search_alg=PrefixSearch(plan), scheduler=space.asha(epochs))
 
@@ -31,7 +31,7 @@ from study.storage import write_bytes
 from study.sweep.prefix import SharingPlan
 from study.sweep.spaces import trial_config
 
-STATE_FILE = "prefix-search-state-{}.pkl"  # beside Tune's experiment state; {} is Tune's session
+SEARCH_STATE_FILE = "prefix-search-state-{}.pkl"  # beside Tune's experiment state; {} is Tune's session
 
 
 class PrefixSearch(SearchAlgorithm):
@@ -100,17 +100,19 @@ class PrefixSearch(SearchAlgorithm):
     # Saved with the experiment
 
     def has_checkpoint(self, dirpath: str) -> bool:
-        return any(Path(dirpath).glob(STATE_FILE.format("*")))
+        return any(Path(dirpath).glob(SEARCH_STATE_FILE.format("*")))
 
     def save_to_dir(self, dirpath: str, session_str: str) -> None:
         # Not whether Tune stopped the search: a resumed sweep goes on with it.
         state = {**{k: v for k, v in self.__dict__.items() if k != "_finished"}, "_grid": self._grid.get_state()}
-        write_bytes(Path(dirpath, STATE_FILE.format(session_str)), cloudpickle.dumps(state))  # never half a state
+        write_bytes(
+            Path(dirpath, SEARCH_STATE_FILE.format(session_str)), cloudpickle.dumps(state)
+        )  # never half a state
 
     def restore_from_dir(self, dirpath: str) -> None:
         # Only `--resume` gets here, inside Ray's own restore, which unpickles tuner.pkl and Tune's
         # grid state from the same folder: resuming trusts the folder (README). The report never reads it.
-        newest = max(Path(dirpath).glob(STATE_FILE.format("*")))  # session names sort by time
+        newest = max(Path(dirpath).glob(SEARCH_STATE_FILE.format("*")))  # session names sort by time
         state = cloudpickle.loads(newest.read_bytes())
         self._grid.set_state(state.pop("_grid"))
         self.__dict__.update(state)

@@ -17,9 +17,7 @@ dropped, and the command that resumes the sweep.
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,71 +31,38 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from study import metrics as m
+from study.config import flatten_cases
+from study.labels import setting_label
 from study.sweep.estimate import Calibration, brackets, expected_epochs, format_duration
 from study.sweep.spaces import Space, trial_config
-from study.train import EpochProgress
 
-BOARD = "study-progress"  # the board actor's name in the sweep's Ray namespace
 POLL_SECONDS = 1.0  # how often the driver asks the board
 REFRESH_SECONDS = 0.5  # live view redraws at most this often
 LINE_SECONDS = 120.0  # plain output: a status line this often
 BAR_WIDTH = 12  # characters
 
-# Ray's messages that the compact view replaces (logger -> message starts): its interruption note
-# names Tuner.restore (the closing lines give the sweep's own command), and the result grid
-# complains about trials an interruption left unstarted.
-_RAY_NOISE = {
-    "ray.tune.tune": ("Experiment has been interrupted",),
-    "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
-}
+
+def trial_label(config: dict[str, Any], space: Space, keys: list[str] | None = None) -> str:
+    """A trial's setting as the report labels it (study.labels): its `keys` (default: the space's
+    varied keys), a cases group as one case: 'max_grad_norm=none, lr_decay=0.5, seed=0'."""
+    run = trial_config(config, space.preset).model_dump()
+    return setting_label(run, space.varied_keys() if keys is None else keys, flatten_cases(config)[1])
 
 
-@ray.remote(num_cpus=0)
-class ProgressBoard:
-    """The latest progress point of every trial: {trial_id: (epoch, fraction, words_per_sec)}."""
-
-    def __init__(self):
-        self.latest: dict[str, tuple[int, float, float]] = {}
-
-    def update(self, trial_id: str, epoch: int, fraction: float, words_per_sec: float) -> None:
-        self.latest[trial_id] = (epoch, fraction, words_per_sec)
-
-    def snapshot(self) -> dict[str, tuple[int, float, float]]:
-        return dict(self.latest)
-
-
-def start_board() -> Any:
-    """The board of this driver's sweeps (an existing one is reused: trial ids never repeat)."""
-    return ProgressBoard.options(name=BOARD, get_if_exists=True).remote()
-
-
-def progress_sender(trial_id: str) -> Callable[[EpochProgress], None] | None:
-    """A `Trainer` progress callback that sends to the board, fire and forget; None without a board."""
-    try:
-        board = ray.get_actor(BOARD)
-    except ValueError:  # a sweep without a display (a test driving the trainable alone)
-        return None
-
-    def send(progress: EpochProgress) -> None:
-        board.update.remote(trial_id, progress.epoch, progress.fraction, progress.words_per_sec)
-
-    return send
-
-
-def quiet_ray() -> None:
-    """Silence Ray Tune's own console output, for the compact view. Ray 2.60: the legacy output
-    engine (RAY_AIR_NEW_OUTPUT=0) at RunConfig(verbose=0) prints no tables, where the new one
-    still prints its configuration box; the snapshot warning repeats every few seconds otherwise."""
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
-    for name, starts in _RAY_NOISE.items():
-        logging.getLogger(name).addFilter(lambda record, starts=starts: not record.getMessage().startswith(starts))
+def finished_status(trial) -> str:
+    """The status (study.metrics.STATUSES) of a trial that Tune has finished, as the report will name it."""
+    last = trial.last_result or {}
+    if trial.status == "ERROR":
+        return m.ERROR
+    if last.get(m.DIVERGED):
+        return m.DIVERGED
+    return m.COMPLETED if m.TEST_PPL in last else m.STOPPED_EARLY
 
 
 @dataclass
 class TrialView:
     label: str  # the trial's varied settings
-    state: str = "pending"  # pending, running, done
+    state: str = m.PENDING  # a status of study.metrics: pending, running, then one of FINISHED
     epochs: int = 0  # epochs finished
     shared: int = 0  # of them, taken from a shared prefix (trained by another trial)
     started: float = 0.0  # clock when its current epoch began
@@ -116,7 +81,7 @@ class SweepProgress(tune.Callback):
         brackets: list[tuple[float, tuple[int, ...]]],  # estimate.brackets: (share, rungs)
         reduction_factor: float,
         seconds_per_epoch: float | None = None,  # the plan's calibration
-        shared_epochs_saved: int = 0,  # trial-epochs the sweep takes from shared prefixes (study.prefix.epochs_saved)
+        shared_epochs_saved: int = 0,  # trial-epochs the sweep takes from shared prefixes (study.sweep.prefix.epochs_saved)
         concurrency: int | None = None,
         label: Callable[[dict[str, Any]], str] = lambda config: "",
         board: Any = None,
@@ -138,24 +103,32 @@ class SweepProgress(tune.Callback):
 
     @classmethod
     def for_sweep(
-        cls, space: Space, epochs: int, num_samples: int, timing: Calibration | str | None, concurrency: int | None,
-        board: Any, verbose: bool = False, console: Console | None = None, shared_epochs_saved: int = 0,
+        cls,
+        space: Space,
+        epochs: int,
+        num_samples: int,
+        timing: Calibration | str | None,
+        concurrency: int | None,
+        board: Any,
+        verbose: bool = False,
+        console: Console | None = None,
+        shared_epochs_saved: int = 0,
     ) -> SweepProgress:
         """The view of a sweep of `space`: live on a terminal, plain lines elsewhere, silent under --verbose."""
         console = console or Console()
         varied = space.varied_keys()
-
-        def label(config: dict[str, Any]) -> str:
-            run = trial_config(config, space.preset).model_dump()
-            return " ".join(f"{key}={run[key]:g}" if isinstance(run[key], float) else f"{key}={run[key]}" for key in varied)
-
         return cls(
-            total_trials=space.trial_count(num_samples), epochs=epochs, brackets=brackets(space, epochs),
+            total_trials=space.trial_count(num_samples),
+            epochs=epochs,
+            brackets=brackets(space, epochs),
             reduction_factor=space.scheduler.reduction_factor,
             seconds_per_epoch=timing.seconds_per_epoch if isinstance(timing, Calibration) else None,
             shared_epochs_saved=shared_epochs_saved,
-            concurrency=concurrency, label=label, board=board,
-            mode="quiet" if verbose else "live" if console.is_terminal else "lines", console=console,
+            concurrency=concurrency,
+            label=lambda config: trial_label(config, space, varied),
+            board=board,
+            mode="quiet" if verbose else "live" if console.is_terminal else "lines",
+            console=console,
         )
 
     def __reduce__(self):
@@ -175,14 +148,14 @@ class SweepProgress(tune.Callback):
             if trial.trial_id not in self.views:  # first sight; a resumed sweep's finished trials are done already
                 view = self._view(trial)
                 if trial.status in ("TERMINATED", "ERROR"):
-                    view.state = "done"
+                    view.state = finished_status(trial)
                 view.epochs = (trial.last_result or {}).get(m.EPOCH, 0)
         self._poll()
         self._draw()
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         view = self._view(trial)
-        view.state, view.started, view.fraction = "running", self.clock(), 0.0
+        view.state, view.started, view.fraction = m.RUNNING, self.clock(), 0.0
         view.epochs = (trial.last_result or {}).get(m.EPOCH, view.epochs)
         self._draw(force=True)
 
@@ -191,32 +164,37 @@ class SweepProgress(tune.Callback):
         view.epochs, view.started, view.fraction = result.get(m.EPOCH, view.epochs + 1), self.clock(), 0.0
         if result.get(m.SHARED_PREFIX):  # trained once by another trial: neither work done here nor a timing
             view.shared += 1
-            self._say(f"{view.label}: epoch {view.epochs}/{self.epochs} from its shared prefix, {m.VALID_PPL} {result.get(m.VALID_PPL, math.nan):.2f}")
+            self._say(
+                f"{view.label}: epoch {view.epochs}/{self.epochs} from its shared prefix, {m.VALID_PPL} {result.get(m.VALID_PPL, math.nan):.2f}"
+            )
             return
         if m.EPOCH_SECONDS in result:
             self.epoch_seconds.append(result[m.EPOCH_SECONDS])
-        self._say(f"{view.label}: epoch {view.epochs}/{self.epochs}, {m.VALID_PPL} {result.get(m.VALID_PPL, math.nan):.2f}, {result.get(m.EPOCH_SECONDS, 0):.0f} s")
+        self._say(
+            f"{view.label}: epoch {view.epochs}/{self.epochs}, {m.VALID_PPL} {result.get(m.VALID_PPL, math.nan):.2f}, {result.get(m.EPOCH_SECONDS, 0):.0f} s"
+        )
         self._draw(force=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         view = self._view(trial)
-        view.state = "done"
-        last = trial.last_result or {}
+        view.state = finished_status(trial)
         how = (
-            f"diverged at epoch {view.epochs}" if last.get(m.DIVERGED)
-            else f"finished, {m.TEST_PPL} {last[m.TEST_PPL]:.2f}" if m.TEST_PPL in last
+            f"diverged at epoch {view.epochs}"
+            if view.state == m.DIVERGED
+            else f"finished, {m.TEST_PPL} {trial.last_result[m.TEST_PPL]:.2f}"
+            if view.state == m.COMPLETED
             else f"stopped by ASHA after epoch {view.epochs}"
         )
         self._say(f"{view.label}: {how}")
         self._draw(force=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._view(trial).state = "done"
+        self._view(trial).state = m.ERROR
         self._say(f"{self._view(trial).label}: error after its retries, see {trial.path}")
         self._draw(force=True)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
-        self._view(trial).state = "pending"  # its worker died; Tune restarts it from its checkpoint
+        self._view(trial).state = m.PENDING  # its worker died; Tune restarts it from its checkpoint
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self.ended = self.clock()
@@ -239,16 +217,18 @@ class SweepProgress(tune.Callback):
 
     def counts(self) -> dict[str, int]:
         states = [view.state for view in self.views.values()]
-        running, done = states.count("running"), states.count("done")
+        running, done = states.count(m.RUNNING), sum(state in m.FINISHED for state in states)
         return {"running": running, "done": done, "waiting": self.total_trials - running - done}
 
     def expected_total(self) -> float:
         """Trial-epochs trained plus those still expected to be, re-fitted from where each trial stands;
         less the epochs that shared prefixes save (as the plan counts them)."""
-        per_trial = lambda done: sum(share * expected_epochs(rungs, self.rf, self.epochs, done) for share, rungs in self.brackets)  # noqa: E731
+        per_trial = lambda done: sum(
+            share * expected_epochs(rungs, self.rf, self.epochs, done) for share, rungs in self.brackets
+        )
         unseen = self.total_trials - len(self.views)
         reported = unseen * per_trial(0) + sum(
-            view.epochs if view.state == "done" else per_trial(view.epochs) for view in self.views.values()
+            view.epochs if view.state in m.FINISHED else per_trial(view.epochs) for view in self.views.values()
         )
         return reported - self.shared_epochs_saved
 
@@ -256,7 +236,7 @@ class SweepProgress(tune.Callback):
         per_epoch = sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else self.seconds_per_epoch
         if not per_epoch:
             return None
-        running = sum(view.fraction for view in self.views.values() if view.state == "running")
+        running = sum(view.fraction for view in self.views.values() if view.state == m.RUNNING)
         left = max(self.expected_total() - self.done_epochs - running, 0.0)
         unfinished = self.total_trials - self.counts()["done"]
         at_once = max(1, min(self.concurrency or self.counts()["running"] or 1, unfinished))
@@ -282,19 +262,25 @@ class SweepProgress(tune.Callback):
         study = Table.grid(padding=(0, 1))
         study.add_column(width=BAR_WIDTH)
         study.add_column()  # may wrap on a narrow terminal
-        study.add_row(ProgressBar(total=max(self.expected_total(), 1), completed=self.done_epochs, width=BAR_WIDTH), self.study_text())
+        study.add_row(
+            ProgressBar(total=max(self.expected_total(), 1), completed=self.done_epochs, width=BAR_WIDTH),
+            self.study_text(),
+        )
         trials = Table.grid(padding=(0, 1))
         trials.add_column(width=BAR_WIDTH)
         trials.add_column(no_wrap=True, overflow="ellipsis")  # one line per trial, cut on a narrow terminal
         for view in self.views.values():
-            if view.state == "running":
-                trials.add_row(ProgressBar(total=1.0, completed=view.fraction, width=BAR_WIDTH), f"{view.label}: {self.trial_text(view)}")
+            if view.state == m.RUNNING:
+                trials.add_row(
+                    ProgressBar(total=1.0, completed=view.fraction, width=BAR_WIDTH),
+                    f"{view.label}: {self.trial_text(view)}",
+                )
         return Group(study, trials)
 
     def interruption_lines(self, experiment: str, resume: str) -> list[str]:
         """What an interrupted sweep kept and dropped, and the command that resumes it."""
         now = self.ended if self.ended is not None else self.clock()
-        inside = [view for view in self.views.values() if view.state == "running"]
+        inside = [view for view in self.views.values() if view.state == m.RUNNING]
         per_epoch = sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else self.seconds_per_epoch
         lost = []
         for view in inside:
@@ -358,7 +344,7 @@ class SweepProgress(tune.Callback):
         """Take the board's progress points of the running trials' current epochs."""
         for trial_id, (epoch, fraction, words_per_sec) in latest.items():
             view = self.views.get(trial_id)
-            if view is not None and view.state == "running" and epoch == view.epochs + 1:
+            if view is not None and view.state == m.RUNNING and epoch == view.epochs + 1:
                 view.fraction, view.words_per_sec = fraction, words_per_sec
 
     def _draw(self, force: bool = False) -> None:
@@ -367,7 +353,9 @@ class SweepProgress(tune.Callback):
             self._live.update(self.render(), refresh=True)
             self._last_draw = now
         if self.mode == "lines" and now - self._last_line >= LINE_SECONDS and self.counts()["running"]:
-            running = "; ".join(f"{view.label} {self.trial_text(view)}" for view in self.views.values() if view.state == "running")
+            running = "; ".join(
+                f"{view.label}: {self.trial_text(view)}" for view in self.views.values() if view.state == m.RUNNING
+            )
             self._print(f"{self.study_text()} | {running}")
             self._last_line = now
 

@@ -43,7 +43,6 @@ so a sweep never starts trials that fail on their config. Each mistake is a `Usa
 `<file>: <key>: <what is wrong>, allowed: <what is>`.
 """
 
-
 from __future__ import annotations
 
 import math
@@ -52,11 +51,10 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-
-import study
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+import study
 from study.config import MAX_SEED, PRESETS, TrainConfig
 from study.errors import UsageError
 from study.sweep.spaces import SAMPLED, AshaSettings, Space, complete_cases
@@ -132,7 +130,9 @@ def load_space(name_or_path: str, epochs: int | None = None, seeds: Sequence[int
     raw = _parse_yaml(text, where)
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else f"a {type(raw).__name__}"
-        raise UsageError(f"{where}: (top level): {got}, not a mapping, allowed: keys {', '.join(_SpaceFile.model_fields)}")
+        raise UsageError(
+            f"{where}: (top level): {got}, not a mapping, allowed: keys {', '.join(_SpaceFile.model_fields)}"
+        )
     try:
         parsed = _SpaceFile.model_validate(raw)
     except ValidationError as error:
@@ -148,7 +148,9 @@ def _build(parsed: _SpaceFile, path: Path, text: str, epochs: int | None, seeds:
     fixed, vary, seed_list, seeds_key = dict(parsed.fixed), dict(parsed.vary), parsed.seeds, "seeds"
     if seeds is not None:  # the command line's seeds replace whatever the file says about seed
         seed_list, seeds_key = list(seeds), "seeds (override)"
-        if not seed_list or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seed_list):
+        if not seed_list or any(
+            isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seed_list
+        ):
             raise check.fail(seeds_key, repr(seed_list), f"a non-empty list of integers 0 .. {MAX_SEED}")
         fixed.pop("seed", None)
         vary.pop("seed", None)
@@ -160,15 +162,23 @@ def _build(parsed: _SpaceFile, path: Path, text: str, epochs: int | None, seeds:
     domains = {key: check.domain(key, spec) for key, spec in vary.items()}
     if parsed.num_samples > 1 and not any(next(iter(d)) in SAMPLED for d in domains.values()):
         raise check.fail(
-            "num_samples", f"{parsed.num_samples} would repeat identical runs (nothing is sampled)",
+            "num_samples",
+            f"{parsed.num_samples} would repeat identical runs (nothing is sampled)",
             "1; list more seeds under seeds to repeat the grid",
         )
     space = Space(
-        name=path.stem, path=path, text=text, description=parsed.description.strip(), preset=parsed.preset,
-        fixed=check.fixed, vary=domains, seeds=tuple(seed_list) if seed_list is not None else None,
+        name=path.stem,
+        path=path,
+        text=text,
+        description=parsed.description.strip(),
+        preset=parsed.preset,
+        fixed=check.fixed,
+        vary=domains,
+        seeds=tuple(seed_list) if seed_list is not None else None,
         num_samples=parsed.num_samples,
         scheduler=AshaSettings(**parsed.scheduler.model_dump()),
-        cpus_per_trial=parsed.resources.cpus_per_trial, gpus_per_trial=parsed.resources.gpus_per_trial,
+        cpus_per_trial=parsed.resources.cpus_per_trial,
+        gpus_per_trial=parsed.resources.gpus_per_trial,
     )
     space._check_grace(space.base_config().epochs)
     return space
@@ -232,7 +242,9 @@ class _Checker:
         kind, values = next(iter(spec.items()))
         if kind == "cases":
             if key in FIELDS:
-                raise self.fail(at, f"'{key}' is a run setting, so it cannot label cases", "any other label, such as 'group'")
+                raise self.fail(
+                    at, f"'{key}' is a run setting, so it cannot label cases", "any other label, such as 'group'"
+                )
             return {kind: self.cases(values, f"{at}.{kind}")}
         if key not in FIELDS:
             raise self.fail(at, "not a run setting", f"{', '.join(VARIABLE)}, or any label with {{cases: [...]}}")
@@ -247,7 +259,9 @@ class _Checker:
         read = [getattr(self.config({key: value}, f"{at}[{i}]"), key) for i, value in enumerate(values)]
         repeated = [value for i, value in enumerate(read) if value in read[:i]]
         if repeated:
-            raise self.fail(at, f"{repeated[0]!r} appears twice", "each value once (it would run the same trials again)")
+            raise self.fail(
+                at, f"{repeated[0]!r} appears twice", "each value once (it would run the same trials again)"
+            )
         return read
 
     def bounds(self, key: str, kind: str, values: Any, at: str) -> list:
@@ -257,12 +271,20 @@ class _Checker:
             fitting = ", ".join(name for name in VARIABLE if TrainConfig.model_fields[name].annotation is wanted)
             kind_of = "an integer" if wanted is int else "a number"
             raise self.fail(at, f"{key} is not {kind_of} setting", f"{kind} on {fitting}; grid or choice on any")
-        numbers = isinstance(values, list) and len(values) == 2 and all(
-            not isinstance(v, bool) and isinstance(v, int if wanted is int else (int, float)) and math.isfinite(v)
-            for v in values
+        numbers = (
+            isinstance(values, list)
+            and len(values) == 2
+            and all(
+                not isinstance(v, bool) and isinstance(v, int if wanted is int else (int, float)) and math.isfinite(v)
+                for v in values
+            )
         )
         if not numbers or values[0] >= values[1]:
-            what = "integers [low, high], low < high (high excluded)" if wanted is int else "finite numbers [low, high], low < high"
+            what = (
+                "integers [low, high], low < high (high excluded)"
+                if wanted is int
+                else "finite numbers [low, high], low < high"
+            )
             raise self.fail(at, f"{values!r} is not [low, high] with low < high", f"two {what}")
         low, high = values
         if kind == "loguniform" and low <= 0:
@@ -274,7 +296,11 @@ class _Checker:
     def cases(self, values: Any, at: str) -> list[dict[str, Any]]:
         """A non-empty list of distinct mappings of run settings, each valid with fixed."""
         if not isinstance(values, list) or not values:
-            raise self.fail(at, f"{values!r} is not a non-empty list", "a list of mappings of run settings, such as [{clip_mode: none}]")
+            raise self.fail(
+                at,
+                f"{values!r} is not a non-empty list",
+                "a list of mappings of run settings, such as [{clip_mode: none}]",
+            )
         read: list[dict[str, Any]] = []
         for i, case in enumerate(values):
             if not isinstance(case, dict):
@@ -319,11 +345,17 @@ def _file_error(error: ValidationError, where: str) -> UsageError:
     for part in loc[:-1] if item["type"] == "extra_forbidden" else loc:
         if isinstance(part, str) and model is not None and part in model.model_fields:
             field = model.model_fields[part]
-            model = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+            model = (
+                field.annotation
+                if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+                else None
+            )
     if item["type"] == "extra_forbidden":
         return UsageError(f"{where}: {key}: unknown key, allowed: {', '.join(model.model_fields)}")
     wrong = "missing" if item["type"] == "missing" else f"{item['input']!r} is not valid ({_lower(item['msg'])})"
-    return UsageError(f"{where}: {key}: {wrong}, allowed: {field.description if field else 'see study/spaces.py'}")
+    return UsageError(
+        f"{where}: {key}: {wrong}, allowed: {field.description if field else 'see study/sweep/space_file.py'}"
+    )
 
 
 def _lower(message: str) -> str:
@@ -362,5 +394,7 @@ def _parse_yaml(text: str, where: str) -> Any:
         mark = getattr(error, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        allowed = "each key once per mapping" if "appears twice" in problem else "YAML as shown in study/spaces.py"
+        allowed = (
+            "each key once per mapping" if "appears twice" in problem else "YAML as shown in study/sweep/space_file.py"
+        )
         raise UsageError(f"{where}: {at}: malformed YAML: {problem}, allowed: {allowed}") from None

@@ -7,7 +7,6 @@
 Trials = (product of the grid and cases lengths) x seeds x num_samples (sampled domains add none).
 """
 
-
 from __future__ import annotations
 
 import math
@@ -17,15 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from study import metrics
 from study.config import TrainConfig, flatten_cases, make_config
-from study.train import Corpus, num_batches
 from study.errors import UsageError
-
+from study.train import Corpus, num_batches
 
 GRIDS = ("grid", "cases")  # domains that multiply the trial count
 SAMPLED = ("choice", "uniform", "loguniform", "randint")  # domains drawn once per trial
@@ -103,7 +100,8 @@ class Space:
     def trial_count(self, num_samples: int | None = None, seeds: Sequence[int] | None = None) -> int:
         """Trials Ray will run: grid and cases sizes x seeds x num_samples (sampled domains add none)."""
         grid = math.prod(
-            len(values) for key, (kind, values) in self._domains()
+            len(values)
+            for key, (kind, values) in self._domains()
             if kind in GRIDS and not (seeds is not None and key == "seed")
         )
         seed_count = len(seeds) if seeds is not None else len(self.seeds or (0,))
@@ -113,7 +111,10 @@ class Space:
         """ASHA on the per-epoch objective; max_t is the epochs every trial trains, never a separate number."""
         self._check_grace(epochs)
         return ASHAScheduler(
-            time_attr=metrics.EPOCH, metric=metrics.OBJECTIVE, mode=metrics.MODE, max_t=epochs,
+            time_attr=metrics.EPOCH,
+            metric=metrics.OBJECTIVE,
+            mode=metrics.MODE,
+            max_t=epochs,
             grace_period=self.scheduler.grace_period,
             reduction_factor=self.scheduler.reduction_factor,
             brackets=self.scheduler.brackets,
@@ -182,7 +183,9 @@ class Space:
             try:
                 num_batches(len(split) // batch_size, num_steps, batch_size=batch_size)
             except UsageError as error:
-                raise UsageError(f"{self.path}: {name}{f' (max_words {max_words})' if max_words else ''}: {error}") from None
+                raise UsageError(
+                    f"{self.path}: {name}{f' (max_words {max_words})' if max_words else ''}: {error}"
+                ) from None
 
     def _check_grace(self, epochs: int) -> None:
         if self.scheduler.grace_period > epochs:
@@ -201,5 +204,3 @@ def complete_cases(cases: list[dict[str, Any]], base: dict[str, Any]) -> list[di
     """Every case with every setting any case sets, the others' from `base`: same keys, same order."""
     names = list(dict.fromkeys(name for case in cases for name in case))
     return [{name: case.get(name, base[name]) for name in names} for case in cases]
-
-

@@ -5,7 +5,7 @@
 The corpus is loaded once by the sweep and reaches every trial through Ray's object store
 (`tune.with_parameters`). Each epoch's report carries a checkpoint with the complete run state, so
 a trial whose worker dies is restarted from its last epoch and continues exactly as if undisturbed.
-A trial that starts with no checkpoint of its own and finds its shared prefix stored (study/prefix.py)
+A trial that starts with no checkpoint of its own and finds its shared prefix stored (study/sweep/prefix.py)
 reports the prefix's epochs again, marked `shared_prefix`, and trains on from the prefix's state.
 """
 
@@ -22,14 +22,12 @@ import torch
 from ray import tune
 
 from study import metrics as m
-from study.train import Corpus
+from study.sweep.board import progress_sender
 from study.sweep.prefix import SharingPlan, TrialPrefix
-from study.sweep.progress import progress_sender
 from study.sweep.spaces import trial_config
-from study.train import check_identity, read_state, run_identity, save_state
-from study.train import Trainer, set_threads
+from study.train import Corpus, Trainer, check_identity, read_state, run_identity, save_state, set_threads
 
-STATE_FILE = "state.pt"
+CHECKPOINT_FILE = "state.pt"
 
 
 def trial_threads(resources: dict[str, float]) -> int:
@@ -37,16 +35,20 @@ def trial_threads(resources: dict[str, float]) -> int:
     return max(1, math.floor(resources.get("CPU", 1)))
 
 
-def train_trial(config: dict[str, Any], corpus: Corpus, preset: str = "small", sharing: SharingPlan | None = None) -> None:
-    """`sharing`: the sweep's shared prefixes (study/prefix.py); None trains every epoch here."""
+def train_trial(
+    config: dict[str, Any], corpus: Corpus, preset: str = "small", sharing: SharingPlan | None = None
+) -> None:
+    """`sharing`: the sweep's shared prefixes (study/sweep/prefix.py); None trains every epoch here."""
     run = trial_config(config, preset)
     resources = tune.get_context().get_trial_resources().required_resources
     set_threads(trial_threads(resources))
     # Ray hides every GPU but the ones it assigned to this trial, so "cuda" is the trial's own GPU.
     device = torch.device("cuda" if resources.get("GPU", 0) > 0 and torch.cuda.is_available() else "cpu")
     if resources.get("GPU", 0) > 0 and device.type == "cpu":  # Ray's GPUs are logical: one may be declared, not there
-        print(f"trial given {resources['GPU']:g} GPU, but torch sees no CUDA device: training on the CPU", file=sys.stderr)
-    # Progress inside each epoch goes to the driver's live view (study/progress.py), if it has one.
+        print(
+            f"trial given {resources['GPU']:g} GPU, but torch sees no CUDA device: training on the CPU", file=sys.stderr
+        )
+    # Progress inside each epoch goes to the driver's live view (study/sweep/progress.py), if it has one.
     trainer = Trainer(run, corpus, device, progress=progress_sender(tune.get_context().get_trial_id()))
     identity = run_identity(run, corpus.sha256)
     prefix = sharing.prefix(run) if sharing else None
@@ -56,9 +58,9 @@ def train_trial(config: dict[str, Any], corpus: Corpus, preset: str = "small", s
     if checkpoint is not None:
         # A corrupted or another trial's checkpoint raises StateError: the trial fails with that
         # one line as its error instead of training on a state that is not its own.
-        where = f"{checkpoint.path}/{STATE_FILE}"
+        where = f"{checkpoint.path}/{CHECKPOINT_FILE}"
         with checkpoint.as_directory() as folder:
-            state, saved_identity = read_state(Path(folder) / STATE_FILE, where)
+            state, saved_identity = read_state(Path(folder) / CHECKPOINT_FILE, where)
         check_identity(saved_identity, identity, where)
         trainer.load_state_dict(state)
         if shared:
@@ -70,8 +72,13 @@ def train_trial(config: dict[str, Any], corpus: Corpus, preset: str = "small", s
     for result in trainer.epochs():
         # node_id: which machine of a cluster trained the trial (Ray's node_ip is shared by
         # nodes on one host).
-        result = {**result, "node_id": ray.get_runtime_context().get_node_id(), "device": device.type, m.SHARED_PREFIX: False}
+        result = {
+            **result,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "device": device.type,
+            m.SHARED_PREFIX: False,
+        }
         extra = shared.after_epoch(trainer, result) if shared else {}  # stores the prefix after its last epoch
         with tempfile.TemporaryDirectory() as folder:
-            save_state(Path(folder) / STATE_FILE, {**trainer.state_dict(), **extra}, identity)
+            save_state(Path(folder) / CHECKPOINT_FILE, {**trainer.state_dict(), **extra}, identity)
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))

@@ -17,22 +17,21 @@ import pyarrow.fs as pafs
 from ray import tune
 
 from study import metrics as m
-from study.sweep.capacity import (
-    Node, trials_at_once,
-)
-from study.train import Corpus
 from study.errors import UsageError
-from study.storage import check_output_folder
+from study.redact import redact
+from study.report import ReportFailed, code_versions, git_state, write_report
+from study.storage import check_output_folder, child_location, filesystem_and_path, write_bytes
+from study.sweep.capacity import (
+    Node,
+    trials_at_once,
+)
 from study.sweep.estimate import Calibration, calibration, estimate_lines, trial_epochs
 from study.sweep.prefix import SharingPlan, epochs_saved
 from study.sweep.prefix_search import PrefixSearch
-from study.redact import redact
-from study.storage import child_location, filesystem_and_path, write_bytes
-from study.report import ReportFailed, code_versions, git_state, write_report
-from study.tables import STUDY_FILE
 from study.sweep.spaces import Space
 from study.sweep.trainable import train_trial, trial_threads
-
+from study.tables import STUDY_FILE
+from study.train import Corpus
 
 
 @dataclass(frozen=True)
@@ -45,8 +44,8 @@ class SweepOptions:
     num_samples: int
     max_failures: int = 2
     resume: bool = False
-    verbose: bool = False  # Ray's own console output instead of study.progress's view
-    prefix_sharing: bool = True  # train each shared prefix once (study/prefix.py)
+    verbose: bool = False  # Ray's own console output instead of study.sweep.progress's view
+    prefix_sharing: bool = True  # train each shared prefix once (study/sweep/prefix.py)
 
     @property
     def experiment(self) -> str:
@@ -84,7 +83,9 @@ def check_storage(storage: str) -> None:
     try:
         filesystem, root = filesystem_and_path(storage)
     except (pa.ArrowException, ValueError, OSError) as error:
-        raise UsageError(f"--storage {redact(storage)}: {redact(str(error).splitlines()[0])}; allowed: {allowed}") from None
+        raise UsageError(
+            f"--storage {redact(storage)}: {redact(str(error).splitlines()[0])}; allowed: {allowed}"
+        ) from None
     if isinstance(filesystem, pafs.LocalFileSystem):
         check_output_folder(root, "--storage")
         return
@@ -93,7 +94,9 @@ def check_storage(storage: str) -> None:
     probe.start()
     probe.join(STORAGE_TIMEOUT_S)
     if not answer:
-        raise UsageError(f"--storage {redact(storage)}: no answer within {STORAGE_TIMEOUT_S:g} s; check the endpoint and the network")
+        raise UsageError(
+            f"--storage {redact(storage)}: no answer within {STORAGE_TIMEOUT_S:g} s; check the endpoint and the network"
+        )
     if answer[0] is not None:
         raise UsageError(f"--storage {redact(storage)}: {redact(str(answer[0]).splitlines()[0])}")
 
@@ -143,7 +146,7 @@ def plan(
     options: SweepOptions,
     nodes: list[Node] | None,  # the Ray's live nodes; None before joining a cluster
     timing: Calibration | str | None = None,
-    shared_epochs_saved: int = 0,  # trial-epochs that shared prefixes train once (study/prefix.py)
+    shared_epochs_saved: int = 0,  # trial-epochs that shared prefixes train once (study/sweep/prefix.py)
 ) -> str:
     """What the sweep will do, printed before it starts (and alone with --dry-run)."""
     space = options.space
@@ -160,8 +163,10 @@ def plan(
         f"brackets {space.scheduler.brackets}, max_t {options.epochs})",
         f"  resources per trial: {options.cpus_per_trial:g} CPU, {options.gpus_per_trial:g} GPU; "
         f"{concurrency} trials at once on {'?' if cluster_cpus is None else f'{cluster_cpus:g}'} CPUs and "
-        f"{'?' if cluster_gpus is None else f'{cluster_gpus:g}'} GPUs" + (f" ({len(nodes)} nodes)" if nodes and len(nodes) > 1 else ""),
-        f"  retries per trial: {options.max_failures}; results: {options.experiment}" + (" (resuming)" if options.resume else ""),
+        f"{'?' if cluster_gpus is None else f'{cluster_gpus:g}'} GPUs"
+        + (f" ({len(nodes)} nodes)" if nodes and len(nodes) > 1 else ""),
+        f"  retries per trial: {options.max_failures}; results: {options.experiment}"
+        + (" (resuming)" if options.resume else ""),
     ]
     counts = trial_epochs(space, options.epochs, options.num_samples, shared_epochs_saved)
     lines += estimate_lines(counts, timing, at_once)
@@ -169,6 +174,30 @@ def plan(
     if warning:
         lines.append(f"WARNING: {warning}")
     return "\n".join(lines)
+
+
+# The module layout Ray's saved state refers to: it pickles the trainable and the search algorithm by
+# module path (study.sweep.trainable.train_trial, study.sweep.prefix_search.PrefixSearch), so a sweep
+# started before study 0.2 moved its modules into wings cannot be restored by this code (cli.to_resume).
+LAYOUT = 2
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    results: tune.ResultGrid
+    report_failure: str | None = None  # why the report's plots or summary failed (its tables are written)
+
+
+def restored_run_config(tuner: tune.Tuner) -> tune.RunConfig:
+    """The RunConfig a restored Tuner runs with (the first run's, from tuner.pkl), to be changed in
+    place. Ray 2.60 offers no public way to change it after `Tuner.restore`; this is the one place
+    that reads Ray's private `_local_tuner` (tests/test_sweep.py fails on the release that moves it)."""
+    local = getattr(tuner, "_local_tuner", None)
+    if local is None:  # a Ray Client (ray://) driver holds a remote tuner instead
+        raise UsageError(
+            "--resume: a sweep through a Ray Client address (ray://) cannot be resumed; run the driver on the cluster"
+        )
+    return local.get_run_config()
 
 
 def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Callback] | None = None) -> tune.Tuner:
@@ -181,18 +210,22 @@ def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Call
     path, filesystem = ray_storage(options.storage)
     if options.resume:
         tuner = tune.Tuner.restore(
-            child_location(path, space.name) if filesystem else options.experiment, trainable,
-            resume_unfinished=True, resume_errored=True, storage_filesystem=filesystem,
+            child_location(path, space.name) if filesystem else options.experiment,
+            trainable,
+            resume_unfinished=True,
+            resume_errored=True,
+            storage_filesystem=filesystem,
         )
         # tuner.pkl holds the first run's RunConfig: this run's callbacks and verbosity replace its own.
-        run_config = tuner._local_tuner.get_run_config()
+        run_config = restored_run_config(tuner)
         run_config.callbacks, run_config.verbose = callbacks, None if options.verbose else 0
         return tuner
     return tune.Tuner(
         trainable,
         param_space=space.param_space(options.epochs),
         tune_config=tune.TuneConfig(
-            scheduler=space.asha(options.epochs), num_samples=options.num_samples,
+            scheduler=space.asha(options.epochs),
+            num_samples=options.num_samples,
             search_alg=PrefixSearch(sharing) if sharing else None,
         ),
         run_config=tune.RunConfig(
@@ -202,7 +235,7 @@ def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Call
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
-            verbose=None if options.verbose else 0,  # 0: study.progress draws the progress instead
+            verbose=None if options.verbose else 0,  # 0: study.sweep.progress draws the progress instead
         ),
     )
 
@@ -213,6 +246,7 @@ def write_study_file(options: SweepOptions, corpus: Corpus, resume_with: str | N
     filesystem, root = filesystem_and_path(options.experiment)
     filesystem.create_dir(root, recursive=True)
     study = {
+        "layout": LAYOUT,
         "space": options.space.name,
         "space_text": options.space.text,
         "preset": options.space.preset,
@@ -230,8 +264,11 @@ def write_study_file(options: SweepOptions, corpus: Corpus, resume_with: str | N
 
 
 def run_sweep(
-    options: SweepOptions, corpus: Corpus, callbacks: list[tune.Callback] | None = None, resume_with: str | None = None,
-) -> tune.ResultGrid:
+    options: SweepOptions,
+    corpus: Corpus,
+    callbacks: list[tune.Callback] | None = None,
+    resume_with: str | None = None,
+) -> SweepResult:
     """Fit (or resume) the study on the Ray that is connected, then refresh its report.
     `resume_with`: the command that continues it, kept in study.json for the report."""
     if not options.resume:
@@ -241,5 +278,5 @@ def run_sweep(
         write_report(options.experiment)
     except ReportFailed as error:  # the tables are written; the sweep still ends non-zero
         print(f"error: {redact(str(error))}", file=sys.stderr)
-        results.report_failure = str(error)
-    return results
+        return SweepResult(results, str(error))
+    return SweepResult(results)

@@ -1,7 +1,7 @@
-"""`python -m study.train`: see study/train/trainer.py."""
+"""`python -m study.train`: see study/train/cli.py."""
 
 import sys
 
-from study.train.trainer import main
+from study.train.cli import main
 
 sys.exit(main())

@@ -313,15 +313,17 @@ def _reason(error: BaseException) -> str:
 def _download(url: str, needed: list[str], cache: Path, timeout: float) -> None:
     """Fetch the `needed` files from one source into the cache, each verified before its rename."""
     if url.endswith((".tgz", ".tar.gz")):
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            # Stream the archive and read the three members from it: no archive on disk, no extraction.
-            with tarfile.open(fileobj=response, mode="r|*") as archive:
-                wanted = {_ARCHIVE_FOLDER + name: name for name in needed}
-                for member in archive:
-                    if member.isfile() and (name := wanted.pop(member.name.removeprefix("./"), None)):
-                        _write_verified(archive.extractfile(member), name, cache)
-                    if not wanted:
-                        break  # the rest of the archive (rnnlm sources and models) is not needed
+        # Stream the archive and read the three members from it: no archive on disk, no extraction.
+        with (
+            urllib.request.urlopen(url, timeout=timeout) as response,
+            tarfile.open(fileobj=response, mode="r|*") as archive,
+        ):
+            wanted = {_ARCHIVE_FOLDER + name: name for name in needed}
+            for member in archive:
+                if member.isfile() and (name := wanted.pop(member.name.removeprefix("./"), None)):
+                    _write_verified(archive.extractfile(member), name, cache)
+                if not wanted:
+                    break  # the rest of the archive (rnnlm sources and models) is not needed
         if wanted:
             raise _DownloadError(f"archive lacks {', '.join(_ARCHIVE_FOLDER + n for n in wanted.values())}")
     elif url.endswith("/"):

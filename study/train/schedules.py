@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
-class Schedule(Protocol):
+class LearningRateSchedule(Protocol):
+    """What the trainer asks of a schedule (config.py's `Schedule` is the name of one in a config)."""
+
     def rate(self, epoch: int, step: int) -> float: ...
 
     def observe(self, epoch: int, valid_ppl: float) -> None: ...
@@ -70,7 +72,7 @@ class Exponential(_Stateless):
 
     def rate(self, epoch: int, step: int) -> float:
         exponent = step // self.decay_steps if self.staircase else step / self.decay_steps
-        return self.learning_rate * self.lr_decay ** exponent
+        return self.learning_rate * self.lr_decay**exponent
 
 
 @dataclass
@@ -109,7 +111,7 @@ class Plateau:
         self.lr, self.best, self.bad_epochs = state["lr"], state["best"], state["bad_epochs"]
 
 
-def make_schedule(config) -> Schedule:
+def make_schedule(config) -> LearningRateSchedule:
     """The schedule a TrainConfig names, with its settings."""
     kind = config.lr_schedule
     if kind == "zaremba":
@@ -127,7 +129,7 @@ def make_schedule(config) -> Schedule:
 class LateSettings:
     """Settings that leave a run's first `epochs` epochs untouched: two runs that differ only in
     them have the same state (weights, optimizer, schedule, clipper, random generators) and the
-    same metrics after those epochs, bit for bit. study.prefix trains such epochs once."""
+    same metrics after those epochs, bit for bit. study.sweep.prefix trains such epochs once."""
 
     keys: frozenset[str] = frozenset()
     epochs: int = 0

@@ -54,11 +54,19 @@ def decode_state(data: bytes, where: str) -> tuple[dict[str, Any], dict[str, Any
             saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         detail = str(error).split("WeightsUnpickler error:")[-1].strip().split(". ")[0].splitlines()[0]
-        raise StateError(f"{where}: refused, it holds more than tensors and plain values ({detail}); nothing in it was run") from None
+        raise StateError(
+            f"{where}: refused, it holds more than tensors and plain values ({detail}); nothing in it was run"
+        ) from None
     except Exception as error:  # truncated, flipped or foreign bytes: zip, pickle and storage errors of many kinds
         raise StateError(f"{where}: corrupted or not a saved run state ({type(error).__name__}); not used") from None
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT or not {"identity", "sha256", "state"} <= set(saved):
-        raise StateError(f"{where}: not a saved run state of this version of study (expected format {FORMAT}); not used")
+    if (
+        not isinstance(saved, dict)
+        or saved.get("format") != FORMAT
+        or not {"identity", "sha256", "state"} <= set(saved)
+    ):
+        raise StateError(
+            f"{where}: not a saved run state of this version of study (expected format {FORMAT}); not used"
+        )
     try:
         intact = _checksum(saved["identity"], saved["state"]) == saved["sha256"]
     except TypeError:  # a value weights_only admits but a state never holds
@@ -71,7 +79,9 @@ def decode_state(data: bytes, where: str) -> tuple[dict[str, Any], dict[str, Any
 def check_identity(found: dict[str, Any], expected: dict[str, Any], where: str) -> None:
     """Refuse a state saved by another run: name the first setting or corpus file that differs."""
     if found.get("data_sha256") != expected["data_sha256"]:
-        raise StateError(f"{where}: saved by a run on another corpus (data checksums differ from {_files(expected)}); not used")
+        raise StateError(
+            f"{where}: saved by a run on another corpus (data checksums differ from {_files(expected)}); not used"
+        )
     theirs, ours = found.get("config", {}), expected["config"]
     for key in sorted(set(theirs) | set(ours)):
         if theirs.get(key) != ours.get(key):

@@ -1,45 +1,41 @@
 """Train and evaluate one run of the Zaremba PTB LSTM, epoch by epoch.
 
-    python -m study.train --preset small --data-dir ../shared/data/ptb --threads 2
+    python -m study.train --preset small --data-dir ../shared/data/ptb --threads 2   # study/train/cli.py
 
 The semantics are TF ptb_word_lm's (see design.md): cost summed over time steps and averaged over
 the batch, state carried through an epoch and reset at its start, validation with the training batch
 shape, test with batch size 1. `Trainer` is what a Ray Tune trial drives: `run_epoch()` returns the
 epoch's metrics dict, `state_dict()` / `load_state_dict()` save and restore everything a resumed run
-needs to continue exactly as if it had never stopped.
+needs to continue exactly as if it had never stopped; `train_steps(n)` times an epoch's first n steps.
 """
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import math
 import os
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from study import metrics as m
+from study.config import Precision, TrainConfig
 from study.train.clipping import Clipper
-from study.config import PRESETS, Precision, TrainConfig, add_config_arguments, make_config, overrides_from_args
-from study.train.data import DATA_ENV, Corpus, batchify, batches, load_corpus, num_batches
-from study.errors import UsageError, main_with_errors
+from study.train.data import Corpus, batches, batchify, num_batches
 from study.train.model import LSTMLanguageModel, State
-from study.storage import check_output_file
 from study.train.schedules import make_schedule
-from study.train.state import check_identity, read_state, run_identity, save_state
-from study.tables import write_table
 
 # Longest slice of the test stream fed to the LSTM at once: bounds the [1, chunk, vocab] logits.
 TEST_CHUNK = 2048
-# Progress lines (and the divergence check that shares their host sync) per epoch, as TF's tutorial.
-PROGRESS_POINTS = 10
+# Progress lines per epoch, at its tenths (fewer when it has under ten steps); the tenth tenth is the
+# epoch's own line. The divergence check shares their host sync. TF's tutorial prints ten a little
+# after each tenth.
+PROGRESS_LINES = 9
 
 
 def perplexity(total_loss: float, words: int) -> float:
@@ -86,7 +82,9 @@ def detach(state: State) -> State:
     return state[0].detach(), state[1].detach()
 
 
-def forward(model: LSTMLanguageModel, x: torch.Tensor, state: State, precision: Precision) -> tuple[torch.Tensor, State]:
+def forward(
+    model: LSTMLanguageModel, x: torch.Tensor, state: State, precision: Precision
+) -> tuple[torch.Tensor, State]:
     """The model's forward at `precision`. bf16: autocast on x's device runs the matrix products (LSTM,
     softmax layer) in bfloat16 from the float32 master weights, and the state comes back bfloat16;
     the logits come back float32 either way, so the cost's softmax and sums are float32."""
@@ -189,15 +187,13 @@ class Trainer:
         """Train one epoch, validate, and after the last epoch test; the metrics of design.md."""
         started = time.perf_counter()
         lr = self.schedule.rate(self.epoch, self.step)
-        train_loss, train_words = self._train_epoch()
+        train_loss, train_words = self._train(self.steps_per_epoch)
         train_seconds = time.perf_counter() - started
         train_ppl = perplexity(train_loss, train_words)
         self.diverged = not math.isfinite(train_ppl)
         valid_ppl = math.inf
         if not self.diverged:
-            valid_ppl = evaluate(
-                self.model, batches(self.valid_data, self.config.num_steps), self.config.batch_size, self.config.precision
-            )
+            valid_ppl = self.validate()
             self.diverged = not math.isfinite(valid_ppl)
         self.schedule.observe(self.epoch, valid_ppl)
         self.epoch += 1
@@ -215,20 +211,44 @@ class Trainer:
         result[m.EPOCH_SECONDS] = time.perf_counter() - started
         return result
 
-    def test(self) -> float:
-        return evaluate(self.model, stream_windows(self.test_ids, TEST_CHUNK), batch_size=1, precision=self.config.precision)
+    def validate(self) -> float:
+        """Validation perplexity of the model as it is, with the training batch shape."""
+        return evaluate(
+            self.model, batches(self.valid_data, self.config.num_steps), self.config.batch_size, self.config.precision
+        )
 
-    def _train_epoch(self) -> tuple[float, int]:
-        """One pass over the training data; returns (summed cross-entropy, predicted words).
-        The loss stays on the device; the host reads it only at the progress points."""
+    def test(self) -> float:
+        return evaluate(
+            self.model, stream_windows(self.test_ids, TEST_CHUNK), batch_size=1, precision=self.config.precision
+        )
+
+    def train_steps(self, steps: int) -> tuple[int, float]:
+        """Train the first `steps` steps of an epoch and time them: what the bench and the sweep's
+        time estimate measure. The steps are exactly an epoch's first ones (state reset, the first
+        windows of the training data, the schedule's rate, clipping, the progress lines among them);
+        then no validation or test. Returns (words trained, seconds, the device's work included);
+        fewer words if the loss diverged at a progress line. The weights and the step count advance,
+        the epoch count does not: the trainer is left mid-epoch, for more timing, not to go on with."""
+        if not 1 <= steps <= self.steps_per_epoch:
+            raise ValueError(f"steps {steps}: must be from 1 to the epoch's {self.steps_per_epoch}")
+        started = time.perf_counter()
+        words = self._train(steps)[1]
+        return words, time.perf_counter() - started
+
+    def _train(self, steps: int) -> tuple[float, int]:
+        """The first `steps` steps of a pass over the training data (all of them: an epoch); returns
+        (summed cross-entropy, predicted words). The loss stays on the device; the host reads it only
+        at the progress steps and at the end."""
         config, model = self.config, self.model
         model.train()
         state = model.initial_state(config.batch_size)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         words_per_step = config.batch_size * config.num_steps
-        checkpoints = {max(1, round(self.steps_per_epoch * k / PROGRESS_POINTS)) for k in range(1, PROGRESS_POINTS)}
+        tenths = PROGRESS_LINES + 1
+        progress_steps = {max(1, round(self.steps_per_epoch * k / tenths)) for k in range(1, tenths)}
         started = time.perf_counter()
-        for index, (x, y) in enumerate(batches(self.train_data, config.num_steps), start=1):
+        windows = itertools.islice(batches(self.train_data, config.num_steps), steps)
+        for index, (x, y) in enumerate(windows, start=1):
             lr = self.schedule.rate(self.epoch, self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -240,17 +260,21 @@ class Trainer:
             self.optimizer.step()
             self.step += 1
             total += loss.detach()
-            if index in checkpoints:
+            if index in progress_steps:
                 seen = total.item()
                 if not math.isfinite(seen):
                     return seen, index * words_per_step
                 if self.progress:
                     elapsed = time.perf_counter() - started
-                    self.progress(EpochProgress(
-                        self.epoch + 1, index / self.steps_per_epoch,
-                        perplexity(seen, index * words_per_step), index * words_per_step / elapsed,
-                    ))
-        return total.item(), self.steps_per_epoch * words_per_step
+                    self.progress(
+                        EpochProgress(
+                            self.epoch + 1,
+                            index / self.steps_per_epoch,
+                            perplexity(seen, index * words_per_step),
+                            index * words_per_step / elapsed,
+                        )
+                    )
+        return total.item(), steps * words_per_step
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs: restoring it continues exactly as if never stopped."""
@@ -293,74 +317,3 @@ def set_threads(threads: int) -> None:
 
 def available_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def epoch_line(result: dict[str, Any]) -> str:
-    """One line per epoch, in the spirit of ptb_word_lm's output."""
-    return (
-        f"Epoch: {result[m.EPOCH]} Learning rate: {result[m.LR]:.3f} Train Perplexity: {result[m.TRAIN_PPL]:.3f} "
-        f"Valid Perplexity: {result[m.VALID_PPL]:.3f} | {result[m.WORDS_PER_SEC]:.0f} wps, "
-        f"clipped {result[m.CLIP_FRACTION]:.0%} of steps, {result[m.EPOCH_SECONDS]:.0f} s"
-        + (" | DIVERGED" if result[m.DIVERGED] else "")
-    )
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m study.train", allow_abbrev=False, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="small", choices=list(PRESETS), help="starting configuration (default small)")
-    parser.add_argument("--data-dir", help=f"folder with ptb.{{train,valid,test}}.txt (else ${DATA_ENV}, the cache, a download)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when available")
-    parser.add_argument("--threads", type=int, default=available_cpus(), help="torch CPU threads (default: CPUs available)")
-    parser.add_argument("--table", type=Path, help="write the per-epoch metrics to this Parquet file after every epoch")
-    parser.add_argument("--save", type=Path, help="save the complete run state here after every epoch")
-    parser.add_argument("--resume", type=Path, help="continue the run saved at this path (its configuration is used)")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines within an epoch")
-    add_config_arguments(parser)
-    return parser.parse_args(argv)
-
-
-@main_with_errors
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads < 1:
-        raise UsageError(f"--threads {args.threads}: must be at least 1")
-    set_threads(args.threads)
-    for flag, path in (("--save", args.save), ("--table", args.table)):
-        if path:
-            check_output_file(path, flag)
-    saved, saved_identity = read_state(args.resume) if args.resume else (None, None)
-    if saved is not None:
-        overrides = overrides_from_args(args)
-        if overrides:
-            raise UsageError(f"--resume continues the saved run's configuration; drop --{next(iter(overrides)).replace('_', '-')}")
-        config = make_config(saved_identity["config"], where=str(args.resume))
-    else:
-        config = make_config(overrides_from_args(args), preset=args.preset, where="command line")
-    device = select_device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    corpus = load_corpus(args.data_dir)
-    if note := corpus.dropped_note():
-        print(note)
-    identity = run_identity(config, corpus.sha256)
-    if saved is not None:  # the configuration is the saved one: what can differ is the corpus
-        check_identity(saved_identity, identity, str(args.resume))
-    trainer = Trainer(config, corpus, device, progress=None if args.quiet else print)
-    rows: list[dict[str, Any]] = []
-    if saved is not None:
-        trainer.load_state_dict(saved)
-        rows = saved.get("rows", [])
-        print(f"Resumed {args.resume} after epoch {trainer.epoch}")
-    print(f"{args.preset if saved is None else 'resumed'} run on {device} with {args.threads} threads, "
-          f"{trainer.steps_per_epoch} steps per epoch: {config.model_dump()}")
-    for result in trainer.epochs():
-        print(epoch_line(result))
-        rows.append(result)
-        if args.table:
-            write_table(pd.DataFrame(rows), args.table, provenance={"config": config.model_dump(), "data": corpus.sha256})
-        if args.save:
-            save_state(args.save, {**trainer.state_dict(), "rows": rows}, identity)
-    if m.TEST_PPL in rows[-1]:
-        print(f"Test Perplexity: {rows[-1][m.TEST_PPL]:.3f}")
-    return 0
-
