@@ -59,7 +59,9 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=8, help="windows per variant")
     args = parser.parse_args()
     set_threads(args.threads)
-    trainer = Trainer(make_config(preset=args.preset), load_corpus(args.data_dir))
+    trainer = Trainer(
+        make_config({"step": "plain"}, preset=args.preset), load_corpus(args.data_dir)
+    )  # the plain step: its dense gradients are what both norms read
     steps = min(args.steps, trainer.steps_per_epoch)
     speeds: dict[str, list[float]] = {name: [] for name in VARIANTS}
     window(trainer, min(20, trainer.steps_per_epoch))  # warm-up

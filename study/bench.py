@@ -1,21 +1,25 @@
 """Training and evaluation speed of a preset on this machine, against its matrix-multiply peak.
 
-    python -m study.bench --preset small --threads 2 --data-dir ../shared/data/ptb --precision both
+    python -m study.bench --preset small --threads 1 --data-dir ../shared/data/ptb --step both --precision both
 
 Training words/s of the real training loop (the median of several timed windows), the PTB test set's evaluation
 time (batch size 1, the whole set), and the share of the machine's matmul peak in the run's precision
 (measured here with a large square matmul) that training reaches, counting 3x the forward FLOPs per
-word (forward, and backward for inputs and weights). `--precision both` trains an fp32 and a bf16 run
-taking turns window by window, so that both see the same drift of a shared machine's speed, and
-prints their ratio.
+word (forward, and backward for inputs and weights). Beside wall time, each window's process CPU time
+and minor page faults (getrusage): on a shared machine CPU time drifts far less than wall time, and
+the faults count the fresh memory a step touches. `--step both` trains the plain (autograd
+reference) and the fast step, `--precision both` an fp32 and a bf16 run, all taking turns window by
+window, so that every run sees the same drift of a shared machine's speed; the ratios are printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -24,7 +28,22 @@ from study.errors import UsageError, main_with_errors
 from study.train import Trainer, available_cpus, load_corpus, select_device, set_threads
 
 PRECISIONS = {"fp32": ("fp32",), "bf16": ("bf16",), "both": ("fp32", "bf16")}  # --precision -> the runs timed
+STEPS = {"fast": ("fast",), "plain": ("plain",), "both": ("plain", "fast")}  # --step -> the runs timed
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Window:
+    """One timed window of training steps."""
+
+    words: int
+    seconds: float  # wall clock, the device's work included
+    cpu_seconds: float  # this process's CPU time, all its threads
+    faults: int  # minor page faults: fresh pages the process touched
+
+    @property
+    def words_per_sec(self) -> float:
+        return self.words / self.seconds
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048, repeats: int = 10) -> float:
@@ -40,19 +59,25 @@ def matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, size: 
     return 2 * size**3 / best
 
 
-def training_speeds(trainers: list[Trainer], steps: int, windows: int) -> list[list[float]]:
-    """Words/s of `windows` windows of `steps` training steps for each trainer, each window an
-    epoch's first steps (Trainer.train_steps), after a warm-up; the trainers take turns window by
-    window. Several windows, because a shared machine's speed drifts by 10% and more from one minute
-    to the next: their median and range say how much, and taking turns puts every trainer through
-    the same drift."""
+def timed_windows(trainers: list[Trainer], steps: int, windows: int) -> list[list[Window]]:
+    """`windows` windows of `steps` training steps for each trainer, each window an epoch's first
+    steps (Trainer.train_steps), after a warm-up; the trainers take turns window by window. Several
+    windows, because a shared machine's speed drifts by 10% and more from one minute to the next:
+    their median and range say how much, and taking turns puts every trainer through the same drift."""
     warmup = min(20, trainers[0].steps_per_epoch)  # a pass that warms up the allocator and oneDNN's kernels
-    speeds: list[list[float]] = [[] for _ in trainers]
+    timed: list[list[Window]] = [[] for _ in trainers]
     for count in [warmup] + [steps] * windows:
-        for trainer, own in zip(trainers, speeds):
+        for trainer, own in zip(trainers, timed):
+            faults, cpu = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time()
             words, seconds = trainer.train_steps(count)
-            own.append(words / seconds)
-    return [own[1:] for own in speeds]
+            cpu_seconds = time.process_time() - cpu
+            own.append(Window(words, seconds, cpu_seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
+    return [own[1:] for own in timed]
+
+
+def training_speeds(trainers: list[Trainer], steps: int, windows: int) -> list[list[float]]:
+    """Words/s of each trainer's timed windows (see timed_windows)."""
+    return [[window.words_per_sec for window in own] for own in timed_windows(trainers, steps, windows)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,7 +93,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--precision", default="fp32", help="fp32, bf16, or both taking turns window by window (default fp32)"
     )
+    parser.add_argument(
+        "--step",
+        help="the training step: fast, plain (the autograd reference), or both taking turns window by window "
+        "(default: the preset's, fast)",
+    )
     return parser.parse_args(argv)
+
+
+def ratio_line(name: str, slower: list[Window], faster: list[Window]) -> str:
+    """How much faster `faster` ran than `slower`, by CPU time and by wall time, window by window."""
+    by_cpu = [s.cpu_seconds / s.words / (f.cpu_seconds / f.words) for s, f in zip(slower, faster)]
+    by_wall = [f.words_per_sec / s.words_per_sec for s, f in zip(slower, faster)]
+    return (
+        f"{name}: {statistics.median(by_cpu):.2f}x by CPU time (window by window {min(by_cpu):.2f}-{max(by_cpu):.2f}x), "
+        f"{statistics.median(by_wall):.2f}x words/s ({min(by_wall):.2f}-{max(by_wall):.2f}x)"
+    )
 
 
 @main_with_errors
@@ -79,43 +119,61 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"--{flag} {getattr(args, flag)}: must be at least 1")
     if args.precision not in PRECISIONS:
         raise UsageError(f"--precision {args.precision}: choose one of {', '.join(PRECISIONS)}")
+    step = args.step or PRESETS[args.preset].step
+    if step not in STEPS:
+        raise UsageError(f"--step {step}: choose one of {', '.join(STEPS)}")
     set_threads(args.threads)
     device = select_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available; use --device cpu or auto")
     corpus = load_corpus(args.data_dir)
-    precisions = PRECISIONS[args.precision]
-    trainers = [Trainer(make_config({"precision": p}, preset=args.preset), corpus, device) for p in precisions]
+    runs = [(precision, path) for precision in PRECISIONS[args.precision] for path in STEPS[step]]
+    trainers = [
+        Trainer(make_config({"precision": precision, "step": path}, preset=args.preset), corpus, device)
+        for precision, path in runs
+    ]
     steps = min(args.steps, trainers[0].steps_per_epoch)
-    speeds = training_speeds(trainers, steps, args.windows)
+    timed = dict(zip(runs, timed_windows(trainers, steps, args.windows)))
     flops_per_word = 3 * trainers[0].model.flops_per_word()
-    both = len(precisions) > 1
-    setting = {"fp32": "", "bf16": ", bf16 autocast", "both": ", fp32 and bf16 taking turns window by window"}
-    print(f"preset {args.preset} on {device}, {args.threads} threads{setting[args.precision]}")
-    for precision, own in zip(precisions, speeds):
-        words_per_sec = statistics.median(own)
-        achieved = words_per_sec * flops_per_word
+    labelled = len(runs) > 1
+    both = {"fp32": "", "bf16": ", bf16 autocast", "both": ", fp32 and bf16"}[args.precision]
+    paths = {"fast": "", "plain": ", plain step", "both": ", plain and fast steps"}[step]
+    turns = ", taking turns window by window" if labelled else ""
+    print(f"preset {args.preset} on {device}, {args.threads} threads{both}{paths}{turns}")
+    for precision in PRECISIONS[args.precision]:
         peak = matmul_peak(device, DTYPES[precision])
-        label = f" {precision}" if both else ""
+        for path in STEPS[step]:
+            own = timed[precision, path]
+            label = f" {precision} {path}" if labelled else ""
+            words_per_sec = statistics.median(w.words_per_sec for w in own)
+            achieved = words_per_sec * flops_per_word
+            per_step = [w.cpu_seconds * 1e3 / steps for w in own]
+            print(
+                f"training{label}:{'' if labelled else '  '} {words_per_sec:,.0f} words/s, median of {len(own)} windows of {steps} steps "
+                f"(range {min(w.words_per_sec for w in own):,.0f}-{max(w.words_per_sec for w in own):,.0f}); "
+                f"CPU {statistics.median(per_step):.1f} ms per step ({min(per_step):.1f}-{max(per_step):.1f}); "
+                f"{statistics.median(w.faults / steps for w in own):,.0f} page faults per step; "
+                f"{flops_per_word / 1e6:.1f} MFLOP/word -> {achieved / 1e9:.1f} GFLOP/s, {achieved / peak:.0%} of the peak"
+            )
+        label = f" {precision}" if labelled else ""
         print(
-            f"training{label}:{'' if both else '  '} {words_per_sec:,.0f} words/s, median of {len(own)} windows of {steps} steps "
-            f"(range {min(own):,.0f}-{max(own):,.0f}); {flops_per_word / 1e6:.1f} MFLOP/word -> {achieved / 1e9:.1f} GFLOP/s"
+            f"matmul peak{label}: {peak / 1e9:.1f} GFLOP/s ({str(DTYPES[precision]).removeprefix('torch.')} 2048x2048)"
         )
-        print(
-            f"matmul peak{label}: {peak / 1e9:.1f} GFLOP/s ({str(DTYPES[precision]).removeprefix('torch.')} 2048x2048); "
-            f"training reaches {achieved / peak:.0%} of it"
-        )
-    if both:
-        pairs = [bf16 / fp32 for fp32, bf16 in zip(*speeds)]
-        print(
-            f"bf16 / fp32: {statistics.median(speeds[1]) / statistics.median(speeds[0]):.2f}x words/s "
-            f"(window by window {min(pairs):.2f}-{max(pairs):.2f}x)"
-        )
-    for precision, trainer in zip(precisions, trainers):
+    if len(STEPS[step]) > 1:
+        for precision in PRECISIONS[args.precision]:
+            print(ratio_line(f"fast / plain {precision}", timed[precision, "plain"], timed[precision, "fast"]))
+    if len(PRECISIONS[args.precision]) > 1:
+        for path in STEPS[step]:
+            name = "bf16 / fp32" + (f" {path}" if len(STEPS[step]) > 1 else "")
+            print(ratio_line(name, timed["fp32", path], timed["bf16", path]))
+    for precision in PRECISIONS[args.precision]:  # evaluation is one path, whichever the step
+        trainer = trainers[runs.index((precision, STEPS[step][0]))]
         started = time.perf_counter()
         test_ppl = trainer.test()
         seconds, words = time.perf_counter() - started, len(trainer.test_ids)
-        label = f" {precision}" if both else ""
+        label = f" {precision}" if len(PRECISIONS[args.precision]) > 1 else ""
         print(
-            f"test set{label}:{'' if both else '  '} {words:,} words evaluated in {seconds:.1f} s at batch size 1 "
+            f"test set{label}:{'' if label else '  '} {words:,} words evaluated in {seconds:.1f} s at batch size 1 "
             f"({(words - 1) / seconds:,.0f} words/s; untrained perplexity {test_ppl:.0f})"
         )
     return 0

@@ -22,6 +22,7 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes 32 bits; torch takes 64
 ClipMode = Literal["global_norm", "value", "per_tensor_norm", "adaptive", "none"]
 Schedule = Literal["zaremba", "exponential", "plateau", "constant"]
 Precision = Literal["fp32", "bf16"]
+Step = Literal["fast", "plain"]
 
 
 class TrainConfig(BaseModel):
@@ -68,6 +69,10 @@ class TrainConfig(BaseModel):
     )
 
     # Arithmetic.
+    step: Step = Field(
+        "fast",
+        description="fast (softmax layer and cost by hand, sparse embedding update, clipping fused into SGD) or plain (the autograd reference); same mathematics",
+    )
     precision: Precision = Field(
         "fp32",
         description="bf16: matrix products in bfloat16 (autocast); weights, cost, gradient norms and clipping stay float32",

@@ -255,3 +255,25 @@ def test_clipping_decision_is_exact_just_around_the_threshold(mode, side):
     else:
         assert summary[m.CLIP_FRACTION] == 0.0
         assert torch.equal(parameters[0].grad, grad)
+
+
+@pytest.mark.parametrize("mode", study.train.clipping.MODES)
+def test_decide_records_as_clip_does_and_returns_the_factor_clip_applies(mode):
+    """The fast step's half of clipping: decide_ takes the squared norms, records the same norm and
+    decision as clip_, and returns the factor (None: leave the gradients; value clamps them itself)."""
+    raw = [[3.0, 4.0], [0.6, 0.8]]  # norms 5 and 1
+    threshold = 2.0 if mode == "value" else 2.5
+    reference = Clipper(mode, threshold)
+    clipped = with_grads(*raw)
+    reference.clip_(clipped)
+    decider = Clipper(mode, threshold)
+    grads = [torch.tensor(g) for g in raw]
+    factor = decider.decide_(study.train.clipping.squared_norms(grads), grads)
+    if factor is None:
+        assert mode in ("none", "value")
+        applied = grads
+    else:
+        assert factor.dtype == torch.float64 and factor.dim() == (1 if mode == "per_tensor_norm" else 0)
+        applied = [g * f for g, f in zip(grads, factor.expand(len(grads)))]
+    assert all(torch.equal(p.grad, g) for p, g in zip(clipped, applied))
+    assert decider.epoch_summary() == reference.epoch_summary()

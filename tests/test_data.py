@@ -294,3 +294,29 @@ def test_default_sources_are_the_archive_then_the_mirror(monkeypatch, tmp_path):
         find_ptb(cache=tmp_path / "cache")
     assert tried == [data.ARCHIVE_URL, data.MIRROR_URL]
     assert data.ARCHIVE_URL.endswith(".tgz") and data.MIRROR_URL.endswith("/")
+
+
+def _rewrite(folder: Path, change) -> Path:
+    """A copy of the corpus in `folder` with each file's bytes changed by `change`."""
+    copy = folder.parent / f"{folder.name}-changed"
+    copy.mkdir()
+    for name in PTB_FILES:
+        (copy / name).write_bytes(change((folder / name).read_bytes()))
+    return copy
+
+
+def test_a_byte_order_mark_or_crlf_line_ends_read_as_the_plain_corpus(tiny_corpus_dir):
+    plain = load_corpus(tiny_corpus_dir)
+    for change in (lambda b: "\ufeff".encode() + b, lambda b: b.replace(b"\n", b"\r\n")):
+        other = load_corpus(_rewrite(tiny_corpus_dir, change))
+        assert other.vocab == plain.vocab  # the first word is "the", not "\ufeffthe"
+        for split in ("train", "valid", "test"):
+            assert torch.equal(getattr(other, split), getattr(plain, split))
+        shutil.rmtree(other.folder)
+
+
+def test_cr_only_line_ends_are_refused_in_one_line(tiny_corpus_dir):
+    folder = _rewrite(tiny_corpus_dir, lambda b: b.replace(b"\n", b"\r"))
+    with pytest.raises(UsageError, match=r"ptb.train.txt: its lines end in CR alone") as error:
+        load_corpus(folder)
+    assert "\n" not in str(error.value) and "LF or CRLF" in str(error.value)

@@ -1,6 +1,7 @@
 """The plan's estimate: trial-epochs with ASHA, the cached calibration, durations."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -143,3 +144,110 @@ def test_dry_run_without_data_uses_the_cached_calibration(tmp_path):
         "300 s an epoch = 2323 steps x 125 ms + 10 s validation (1 thread, cpu, timed 2026-01-02 03:04, cached)" in out
     )
     assert "assumes every node as fast as this one" in out
+
+
+def cache_with(tmp_path, entry) -> tuple:
+    """(config, cache path) with `entry` cached for the smoke space's base run, one thread, cpu."""
+    config = load_space("smoke").base_config()
+    cache = tmp_path / "calibration.json"
+    cache.write_text(json.dumps({calibration_key(config, 1, "cpu"): entry}))
+    return config, cache
+
+
+@pytest.fixture
+def timed_afresh(monkeypatch) -> list:
+    """measure() replaced by one that records its calls and returns a fresh timing."""
+    calls = []
+
+    def fake(config, corpus, threads, device, steps=16):
+        calls.append(threads)
+        return replace(timing(), corpus=corpus.sha256["ptb.train.txt"], measured="now")
+
+    monkeypatch.setattr(estimate, "measure", fake)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("seconds_per_epoch", "abc"),
+        ("seconds_per_epoch", math.nan),
+        ("step_seconds", math.inf),
+        ("valid_seconds", -1.0),
+        ("seconds_per_epoch", 1e308),
+        ("valid_seconds", 1e308),  # and seconds_per_epoch to match: absurd all the same
+        ("threads", "1"),
+        ("steps_per_epoch", 2.5),
+        ("device", None),
+        ("extra", 1),
+    ],
+)
+def test_a_damaged_cache_entry_is_timed_afresh_with_one_warning(
+    tiny_corpus_dir, tmp_path, capsys, timed_afresh, field, value
+):
+    corpus = load_corpus(tiny_corpus_dir)
+    good = {**asdict(timing()), "corpus": corpus.sha256["ptb.train.txt"]}
+    damaged = {**good, field: value} | ({"seconds_per_epoch": 1e308} if field == "valid_seconds" and value > 1 else {})
+    config, cache = cache_with(tmp_path, damaged)
+    fresh = calibration(config, corpus, threads=1, cache=cache)
+    assert isinstance(fresh, Calibration) and not fresh.cached and timed_afresh == [1]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"warning: {cache}: its entry for this machine and run shape")
+    assert "ignored, timing a few steps afresh" in err and "Traceback" not in err
+    assert calibration(config, None, threads=1, cache=cache).measured == "now"  # replaced by the fresh one
+
+    cache.write_text(json.dumps({calibration_key(config, 1, "cpu"): good}))  # the same entry, undamaged: used
+    assert calibration(config, corpus, threads=1, cache=cache).cached and timed_afresh == [1]
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda cache: cache.write_text("[" * 100_000 + "]" * 100_000), "nests deeper than a cache does"),
+        (lambda cache: cache.write_text("{not json"), "is not JSON"),
+        (lambda cache: cache.write_bytes(b"\xff\xfe\x00"), "is not JSON"),
+        (lambda cache: cache.write_text("[1, 2]"), "holds no object of entries"),
+        (lambda cache: cache.mkdir(), "is not a file"),
+    ],
+    ids=["nested", "text", "binary", "list", "folder"],
+)
+def test_a_damaged_cache_file_is_timed_afresh_with_one_warning(
+    tiny_corpus_dir, tmp_path, capsys, timed_afresh, damage, says
+):
+    corpus = load_corpus(tiny_corpus_dir)
+    config, cache = load_space("smoke").base_config(), tmp_path / "calibration.json"
+    damage(cache)
+    assert not calibration(config, corpus, threads=1, cache=cache).cached and timed_afresh == [1]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"warning: {cache}: {says}; ignored")
+    if cache.is_dir():  # left as it is: the cache is not worth a user's folder
+        assert not any(cache.iterdir())
+    else:
+        assert calibration(config, corpus, threads=1, cache=cache).cached and timed_afresh == [1]
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning_not_an_error(tiny_corpus_dir, tmp_path, capsys, timed_afresh):
+    corpus = load_corpus(tiny_corpus_dir)
+    (tmp_path / "file").write_text("a file where the cache's folder would go")
+    cache = tmp_path / "file" / "study" / "calibration.json"
+    assert isinstance(calibration(load_space("smoke").base_config(), corpus, threads=1, cache=cache), Calibration)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"warning: {cache}: not cached") and "times again" in err
+
+
+def test_a_damaged_cache_without_data_says_why_in_the_plan(tmp_path):
+    config = load_space("grad_clip").base_config()
+    cache = tmp_path / "cache" / "study" / "calibration.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({calibration_key(config, 1, "cpu"): {**asdict(timing()), "seconds_per_epoch": 1e308}}))
+    out = dry_run(tmp_path)
+    assert (
+        f"time: not estimated: no corpus on this machine to time a few steps on (give --data-dir); the cache {cache} is unusable"
+        in out
+    )
+    assert "seconds_per_epoch=1e+308" in out
+
+
+def test_durations_beyond_a_century_are_not_counted():
+    assert format_duration(math.inf) == format_duration(1e300) == "over 100 years"

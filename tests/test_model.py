@@ -49,3 +49,22 @@ def test_dropout_only_in_training_and_only_below_keep_prob_one():
     assert not torch.equal(dropped(x, dropped.initial_state(3))[0], dropped(x, dropped.initial_state(3))[0])
     dropped.eval()
     assert torch.equal(dropped(x, dropped.initial_state(3))[0], dropped(x, dropped.initial_state(3))[0])
+
+
+def test_a_sparse_embedding_gradient_holds_the_dense_one_row_by_row():
+    """features(sparse=True), the fast step's: the same forward, and an embedding gradient of one
+    row per word of x whose duplicates sum to the dense gradient."""
+    model = small()
+    x = torch.tensor([[1, 2, 1], [2, 2, 7]])  # [batch, steps], words repeated
+    outputs, grads = {}, {}
+    for sparse in (False, True):
+        model.zero_grad(set_to_none=True)
+        hidden, _ = model.features(x, model.initial_state(2), sparse=sparse)
+        hidden.square().sum().backward()
+        outputs[sparse], grads[sparse] = hidden, model.embedding.weight.grad
+    assert torch.equal(outputs[True], outputs[False])
+    assert grads[True].is_sparse and not grads[False].is_sparse
+    assert grads[True]._values().shape == (6, 8)  # one row per word of x, duplicates apart
+    assert torch.allclose(grads[True].to_dense(), grads[False], rtol=1e-6, atol=1e-9)
+    logits, _ = model(x, model.initial_state(2))
+    assert torch.equal(logits, model.softmax(outputs[False]).view(3, 2, -1))

@@ -36,6 +36,11 @@ def test_plots_say_only_what_they_show(tmp_path):
     assert axes.get_xscale() == "linear" and "log" not in axes.get_xlabel()  # 0 has no logarithm
     assert [t.get_text() for t in axes.get_xticklabels()] == ["0", "0.5", "0.9"]
     assert "stopped by ASHA (no test perplexity)" in axes.get_legend_handles_labels()[1]  # 0.9: all stopped, marked
+    # ... as a column over the whole perplexity axis with words, not a point that reads as a (low) perplexity.
+    [column] = [line for line in axes.lines if line.get_label().startswith("stopped by ASHA")]
+    assert list(column.get_xdata()) == [0.9, 0.9] and list(column.get_ydata()) == [0, 1]  # y in axes coordinates
+    assert [t.get_position()[0] for t in axes.texts if t.get_text() == "stopped by ASHA"] == [0.9]
+    assert not [line for line in axes.lines if line.get_marker() == "x"]
     assert "pooled" in axes.get_title()
     curves = plots.valid_curves(data)
     assert "stopped by ASHA" in [t.get_text() for t in curves.legends[0].get_texts()]

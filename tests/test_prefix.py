@@ -4,6 +4,8 @@ without it: bit for bit the same curves, with workers and the driver killed alon
 
 import math
 import os
+import pickle
+import re
 import signal
 import time
 from pathlib import Path
@@ -14,8 +16,10 @@ import torch
 from ray import tune
 from ray.tune.experiment import Experiment
 
+import study
 from study import metrics as m
 from study.config import make_config
+from study.errors import UsageError
 from study.sweep.cli import main, options_from_args, parse_args, resume_command
 from study.sweep.prefix import REPORTS, PrefixGroup, SharingPlan, TrialPrefix, epochs_saved, prefix_groups, prefix_of
 from study.sweep.prefix_search import PrefixSearch
@@ -206,6 +210,22 @@ def test_a_prefix_that_fails_its_checks_is_trained_and_stored_anew(tiny_corpus_d
         plan.load(prefix.key, prefix.identity({"ptb.train.txt": "0" * 64}))
 
 
+def test_a_stored_prefix_of_another_shape_is_trained_anew_not_loaded(tiny_corpus_dir, tmp_path):
+    """Intact (its checksum matches) and this run's by its identity, but its run state is not shaped as the trial's."""
+    corpus = load_corpus(tiny_corpus_dir)
+    config = make_config({"epochs": 3, "decay_start": 2}, preset="test")
+    plan = plan_for(config, tmp_path)
+    prefix = plan.prefix(config)
+    donor = Trainer(config, corpus)
+    reports = [donor.run_epoch() for _ in range(2)]
+    run = {**donor.state_dict(), "epoch": "2"}  # an epoch as text
+    plan.store(prefix.key, {"run": run, "reports": reports, "trial": "donor"}, prefix.identity(corpus.sha256))
+    with pytest.warns(UserWarning, match=r"not a run state of this run \(state.epoch='2' is str, not int\)"):
+        _, trained = run_trial(config, corpus, plan)
+    assert not any(report[m.SHARED_PREFIX] for report in trained) and len(trained) == 3
+    assert plan.load(prefix.key, prefix.identity(corpus.sha256))["run"]["epoch"] == 2  # replaced by a good one
+
+
 def test_a_trial_retried_inside_its_prefix_stores_every_epoch_of_it(tiny_corpus_dir, tmp_path):
     corpus = load_corpus(tiny_corpus_dir)
     config = make_config({"epochs": 3, "decay_start": 2}, preset="test")
@@ -276,13 +296,19 @@ def test_prefix_search_holds_a_groups_trials_until_its_prefix_is_trained(tmp_pat
     search.on_trial_result(leaders[0].trial_id, {m.EPOCH: 1, m.DIVERGED: False})
     assert handed(search) == []  # one epoch of two: still held
     search.save_to_dir(str(tmp_path), "session")  # as Tune does, then the driver dies
+    assert not list(tmp_path.glob("*.pkl"))  # plain JSON: nothing to unpickle
+    followers = {trial.config["run"]["learning_rate"]: trial for held in search._held.values() for trial in held}
 
     restored = PrefixSearch(plan)
     restored.restore_from_dir(str(tmp_path))
     restored.on_trial_result(leaders[0].trial_id, {m.EPOCH: PREFIX_EPOCHS, m.DIVERGED: False})
-    assert decays(handed(restored)) == [(1.0, 1.0)]
+    released = handed(restored)
+    assert decays(released) == [(1.0, 1.0)]
+    assert_made_as_tune_made(released[0], followers[1.0])
     restored.on_trial_complete(leaders[1].trial_id, error=True)  # errored: its follower trains the prefix
-    assert decays(handed(restored)) == [(1e12, 1.0)] and restored.is_finished()
+    released = handed(restored)
+    assert decays(released) == [(1e12, 1.0)] and restored.is_finished()
+    assert_made_as_tune_made(released[0], followers[1e12])
 
     # Restored after the prefix was stored (its trial may have reported after the state was
     # saved): the group's trials go out at once; the other group's stay held.
@@ -291,6 +317,101 @@ def test_prefix_search_holds_a_groups_trials_until_its_prefix_is_trained(tmp_pat
     again = PrefixSearch(plan)
     again.restore_from_dir(str(tmp_path))
     assert decays(handed(again)) == [(1.0, 1.0)] and not again.is_finished()
+
+
+def assert_made_as_tune_made(made, original) -> None:
+    """A trial made again from the saved state is the one Tune's grid made, in all that Tune reads."""
+    for name in ("trial_id", "config", "experiment_tag", "evaluated_params", "trainable_name", "stopping_criterion"):
+        assert getattr(made, name) == getattr(original, name), name
+    for name in ("max_failures", "export_formats", "log_to_file", "restore_path", "trial_dirname_creator"):
+        assert getattr(made, name) == getattr(original, name), name
+    checkpoints = made.run_metadata.checkpoint_manager, original.run_metadata.checkpoint_manager
+    assert checkpoints[0].checkpoint_config == checkpoints[1].checkpoint_config
+    for name in ("storage_fs_path", "experiment_dir_name", "experiment_fs_path", "trial_dir_name"):
+        assert getattr(made.storage, name) == getattr(original.storage, name), name
+    assert made.storage._timestamp == original.storage._timestamp  # the driver's staging folder (Ray's private)
+    assert made.storage.storage_filesystem.type_name == original.storage.storage_filesystem.type_name
+
+
+class Payload:
+    """Unpickling this creates the marker file: what a planted search state would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def held_search(tmp_path: Path) -> tuple[PrefixSearch, list]:
+    """A PrefixSearch over SPACE that has handed out its two leaders and holds their followers."""
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(SPACE)
+    space = load_space(str(space_file))
+    search = PrefixSearch(SharingPlan.for_sweep(space, 4, 1, str(tmp_path / "experiment")))
+    search.add_configurations([Experiment("unit", run=noop, config=space.param_space(4), storage_path=str(tmp_path))])
+    return search, handed(search)
+
+
+def test_a_planted_pickle_beside_the_search_state_runs_nothing(tmp_path):
+    search, _ = held_search(tmp_path)
+    state = tmp_path / "state"
+    search.save_to_dir(str(state), "2026-01-01_00-00-00")
+    marker = tmp_path / "ran.txt"
+    (state / "prefix-search-state-2099-01-01_00-00-00.pkl").write_bytes(pickle.dumps(Payload(marker)))
+    restored = PrefixSearch(search.plan)
+    assert restored.has_checkpoint(str(state))
+    restored.restore_from_dir(str(state))  # the JSON is read; the newer pickle is never opened
+    assert not marker.exists() and handed(restored) == [] and not restored.is_finished()
+
+    (state / "prefix-search-state-2026-01-01_00-00-00.json").unlink()  # a pickle alone: refused, unread
+    alone = PrefixSearch(search.plan)
+    assert alone.has_checkpoint(str(state))
+    alone.restore_from_dir(str(state))  # Ray would swallow an error here, and start the sweep anew
+    alone.save_to_dir(str(state), "2100-01-01_00-00-00")  # as Ray does right after restoring: nothing
+    assert sorted(path.suffix for path in state.iterdir()) == [".pkl"]
+    shown = tmp_path / "experiment" / "prefix-search-state-2099-01-01_00-00-00.pkl"  # where Ray copied it from
+    with pytest.raises(UsageError, match=rf"^{shown}: .* a pickle, which this version never loads"):
+        alone.is_finished()  # what Tune asks first at every step, before it starts a trial
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        (lambda text: text[: len(text) // 2], "no JSON object of format study-prefix-search/1"),
+        (lambda text: "[" * 100_000 + "]" * 100_000, "no JSON object of format"),
+        (lambda text: text.replace('"ready": []', '"ready": ["nobody"]'), "it holds back a trial it does not describe"),
+        (lambda text: text.replace('"total_samples": 4', '"total_samples": "4"'), "its 'total_samples' is missing"),
+        (lambda text: text.replace('"trainable": "noop"', '"trainable": 7'), "its 'template' is missing or malformed"),
+    ],
+    ids=["truncated", "nested", "unknown-trial", "count-as-text", "template"],
+)
+def test_a_damaged_search_state_stops_the_resume_in_one_line(tmp_path, damage, says):
+    search, _ = held_search(tmp_path)
+    search.save_to_dir(str(tmp_path), "session")
+    path = tmp_path / "prefix-search-state-session.json"
+    path.write_text(damage(path.read_text()))
+    restored = PrefixSearch(search.plan)
+    restored.restore_from_dir(str(tmp_path))
+    with pytest.raises(UsageError) as refused:
+        restored.is_finished()
+    shown = tmp_path / "experiment" / path.name
+    assert str(refused.value).startswith(f"{shown}: not a prefix search state of this version of study ({says}")
+    assert "\n" not in str(refused.value)
+
+
+def test_study_unpickles_nothing():
+    """No pickle or cloudpickle load in study/, and every torch.load weights-only: only Ray's own
+    restore of a sweep (tuner.pkl, its experiment state) unpickles, and the README says so."""
+    loads = re.compile(r"pickle\.loads?\(|\.Unpickler\(|torch\.load\(")
+    found = [
+        f"{path}:{number}: {line.strip()}"
+        for path in sorted(Path(study.__file__).parent.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if loads.search(line) and "weights_only=True" not in line
+    ]
+    assert found == []
 
 
 class Kill(tune.Callback):

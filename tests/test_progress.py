@@ -18,6 +18,7 @@ import pytest
 import ray
 from ray import tune
 from rich.console import Console
+from tensorboardX.summary import hparams
 
 from study import metrics as m
 from study.sweep.board import progress_sender, quiet_ray, start_board
@@ -27,6 +28,15 @@ from study.sweep.space_file import load_space
 from study.train.trainer import EpochProgress
 
 from helpers import sweep_args
+
+
+@pytest.fixture(autouse=True)
+def ray_tune_logger_as_it_was():
+    """A view adds a filter to Ray Tune's logger until it is closed; most tests here leave theirs open."""
+    logger = logging.getLogger("ray.tune.tune")
+    before = list(logger.filters)
+    yield
+    logger.filters[:] = before
 
 
 class Clock:
@@ -253,17 +263,36 @@ def test_the_view_pickles_as_a_plain_callback():
     assert type(restored) is tune.Callback
 
 
-def test_quiet_ray_drops_only_the_messages_the_view_replaces(monkeypatch):
+def test_quiet_ray_drops_only_the_messages_the_view_replaces(monkeypatch, caplog):
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")
     monkeypatch.setenv("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "5")
-    loggers = [logging.getLogger(name) for name in ("ray.tune.tune", "ray.tune.analysis.experiment_analysis")]
+    names = ("ray.tune.tune", "ray._private.authentication.authentication_token_setup", "tensorboardX.x2num")
+    loggers = [logging.getLogger(name) for name in names]
     before = [list(logger.filters) for logger in loggers]
-    logger = loggers[0]
+    record = lambda logger, text: logger.makeRecord(logger.name, logging.WARNING, __file__, 1, text, (), None)
+    tune_log, token, board = loggers
+    with caplog.at_level(logging.WARNING):  # what quiet_ray keeps off the console, before it does
+        hparams(hparam_dict={"max_grad_norm": math.inf}, metric_dict={"valid_ppl": 1.0})
+    assert [r.getMessage() for r in caplog.records] == ["NaN or Inf found in input tensor."]
+    caplog.clear()
     try:
         quiet_ray()
-        record = lambda text: logger.makeRecord(logger.name, logging.WARNING, __file__, 1, text, (), None)
-        assert not logger.filter(record("Experiment has been interrupted, but the most recent state was saved."))
-        assert logger.filter(record("Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run."))
+        assert not tune_log.filter(
+            record(tune_log, "Experiment has been interrupted, but the most recent state was saved.")
+        )
+        assert tune_log.filter(record(tune_log, "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run."))
+        # A local Ray's own token, announced at every start; the warning of a Ray without one stays.
+        assert not token.filter(
+            record(token, "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled")
+        )
+        assert token.filter(
+            record(token, "Token authentication is disabled for this Ray cluster. Anyone with network access")
+        )
+        # max_grad_norm=inf written as an hparam at every trial's end (Ray's TensorBoard logger).
+        assert not board.filter(record(board, "NaN or Inf found in input tensor."))
+        with caplog.at_level(logging.WARNING):
+            hparams(hparam_dict={"max_grad_norm": math.inf}, metric_dict={"valid_ppl": 1.0})
+        assert not caplog.records
     finally:
         for each, filters in zip(loggers, before):
             each.filters[:] = filters
@@ -368,3 +397,28 @@ def test_epochs_from_a_shared_prefix_count_once_and_leave_the_timing_alone():
     assert view.expected_total() == pytest.approx(6)
     # 4 trial-epochs left (2 each), at 100 s an epoch, two trials at once: 200 s.
     assert view.seconds_left() == pytest.approx(200.0)
+
+
+@pytest.mark.parametrize("mode", ["live", "lines"])
+def test_ctrl_c_is_said_at_once_in_a_line_of_its_own_not_inside_the_live_line(mode):
+    clock = Clock()
+    view, out = tracker(mode, clock)
+    a = trial("a", 5.0)
+    view.on_trial_start(0, [a], a)
+    ray_tune, reached = logging.getLogger("ray.tune.tune"), []
+    handler = logging.Handler()
+    handler.emit = reached.append  # what Ray's own handler would print
+    ray_tune.addHandler(handler)
+    stop = "Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run. This will try to checkpoint"
+    try:
+        ray_tune.warning(stop)  # what Ray Tune's stop handler logs, from inside the signal handler
+        assert not reached  # Ray's line never reaches a handler, so it cannot land inside the live line
+        view.stop_requested("SIGINT")  # a stop handler telling too: said once
+        text = out.getvalue()
+        assert text.count("Stopping (Ctrl-C): Ray ends the trials") == 1 and "skips that save" in text
+        assert view.study_text().endswith(", stopping") and " left" not in view.study_text()
+        view.close()
+        ray_tune.warning(stop)  # once the view is closed, Ray's logger is as it was
+        assert [record.getMessage() for record in reached] == [stop]
+    finally:
+        ray_tune.removeHandler(handler)

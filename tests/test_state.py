@@ -4,6 +4,7 @@ foreign ones are refused in one line and never used, by study.train --resume and
 import io
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,16 @@ import torch
 
 from study.config import make_config
 from study.train.data import load_corpus
-from study.train.state import StateError, decode_state, encode_state, load_state, run_identity, save_state
+from study.train.state import (
+    StateError,
+    decode_state,
+    encode_state,
+    load_into,
+    load_state,
+    read_state,
+    run_identity,
+    save_state,
+)
 from study.train.trainer import Trainer
 
 
@@ -201,3 +211,73 @@ def test_a_trial_restored_from_a_damaged_or_foreign_checkpoint_ends_in_error_wit
     assert all("/checkpoint_0" in line and "/state.pt: " in line and "not used" in line for line in lines)
     summary = (Path(options.experiment) / "summary.md").read_text()
     assert summary.count("not used") == 3
+
+
+def malformed(state: dict, how: str) -> dict:
+    """`state` damaged in one way that its checksum cannot tell: it is computed after the damage."""
+    model = dict(state["model"])
+    first = next(iter(model))
+    if how == "no model":
+        return {key: value for key, value in state.items() if key != "model"}
+    if how == "wrong shape":
+        return {**state, "model": {**model, first: torch.zeros(3, 3)}}
+    if how == "epoch text":
+        return {**state, "epoch": "1"}
+    if how == "momentum shape":
+        return {**state, "optimizer": {**state["optimizer"], "state": {0: {"momentum_buffer": torch.zeros(2)}}}}
+    if how == "extra weight":
+        return {**state, "model": {**model, "extra.weight": torch.zeros(1)}}
+    if how == "histories":
+        return {**state, "clipper": {**state["clipper"], "clipped": torch.zeros(1, dtype=torch.bool)}}
+    if how == "epoch beyond":
+        return {**state, "epoch": 99}
+    return {**state, "rng": {**state["rng"], "torch": torch.zeros(8, dtype=torch.uint8)}}  # "rng"
+
+
+MALFORMED = {
+    "no model": "state has no 'model' entry",
+    "wrong shape": "state.model.embedding.weight has shape (3, 3), not (13, 16)",
+    "epoch text": "state.epoch='1' is str, not int",
+    "momentum shape": "state.optimizer.state[0].momentum_buffer has shape (2,), not (13, 16)",
+    "extra weight": "state.model has the weights ['extra.weight'] of another model",
+    "histories": "state.clipper's histories have the lengths",
+    "epoch beyond": "state.epoch=99 is not in 0..2",
+    "rng": "state.rng.torch has shape (8,), not (5056,)",
+}
+
+
+@pytest.mark.parametrize("how", MALFORMED)
+def test_an_intact_state_of_the_wrong_structure_is_refused_before_the_trainer_takes_it(tmp_path, corpus, how):
+    trainer = Trainer(tiny(momentum=0.9, clip_mode="adaptive"), corpus)
+    trainer.run_epoch()
+    identity = run_identity(trainer.config, corpus.sha256)
+    path = tmp_path / "malformed.pt"
+    path.write_bytes(encode_state(malformed(trainer.state_dict(), how), identity))
+    state, _ = read_state(path)  # loadable and intact: the checksum matches
+    fresh = Trainer(tiny(momentum=0.9, clip_mode="adaptive"), corpus)
+    before = {name: tensor.clone() for name, tensor in fresh.model.state_dict().items()}
+    with pytest.raises(StateError, match=rf"^{path}: not a run state of this run \(.*\); not used$") as refused:
+        load_into(fresh, state, str(path))
+    assert MALFORMED[how] in str(refused.value)
+    assert all(torch.equal(before[name], tensor) for name, tensor in fresh.model.state_dict().items())  # untouched
+    with pytest.raises(StateError, match=re.escape(MALFORMED[how])):
+        read_state(path, expected=identity, fits=fresh)  # as a trial reads its checkpoint
+
+
+@pytest.mark.parametrize("how", ["no model", "wrong shape", "epoch text", "momentum shape"])
+def test_resume_of_an_intact_state_of_the_wrong_structure_is_one_line(tmp_path, corpus, tiny_corpus_dir, how):
+    trainer = Trainer(tiny(momentum=0.9), corpus)
+    trainer.run_epoch()
+    path = tmp_path / "malformed.pt"
+    path.write_bytes(encode_state(malformed(trainer.state_dict(), how), run_identity(trainer.config, corpus.sha256)))
+    done = train_cli("--resume", str(path), "--data-dir", str(tiny_corpus_dir))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Epoch" not in done.stdout, done.stderr
+    assert done.stderr == f"error: {path}: not a run state of this run ({MALFORMED[how]}); not used\n"
+
+
+def test_a_state_that_the_trainer_itself_refuses_is_one_line(tmp_path, corpus):
+    trainer = Trainer(tiny(), corpus)
+    state = trainer.state_dict()
+    state["clipper"] = {**state["clipper"], "threshold": 7.0}  # shaped right, but not this clipper's setting
+    with pytest.raises(StateError, match=r"run\.pt: its run state does not fit this run \(ValueError: clipper state"):
+        load_into(Trainer(tiny(), corpus), state, str(tmp_path / "run.pt"))

@@ -5,6 +5,7 @@ The experiments are written here as Ray leaves them (state JSON and result.json 
 formula, no Ray, no training), so each test runs in about a second; one test runs a real sweep.
 """
 
+import json
 import math
 from pathlib import Path
 
@@ -176,3 +177,55 @@ def test_a_real_crossed_sweep_answers_the_interaction(ray_session, tiny_corpus_d
         and "(interaction F = " in section
         and "The winner, max_grad_norm=" in section
     )
+
+
+def interrupted_early(folder: Path, planned: bool, created: int = 3) -> Path:
+    """A sweep of 3 settings x 2 seeds stopped after Ray created the first `created` seed-0 trials; the
+    last still running. `planned`: study.json as the sweep writes it now, else as before it held the plan's counts."""
+    vary = "  momentum: {grid: [0, 0.5, 0.9]}"
+    trials = [{"momentum": mu, "seed": 0} for mu in (0.0, 0.5, 0.9)][:created]
+    experiment = fake_experiment(folder, vary, trials, epochs=3)
+    study = json.loads((experiment / "study.json").read_text())
+    study["space_text"] += "seeds: [0, 1]\n"
+    study |= {"seeds": [0, 1], "num_samples": 1, "varied": ["momentum", "seed"]}
+    if planned:
+        study |= {"planned_trials": 6, "planned_settings": 3, "planned_trial_epochs": 18, "expected_trial_epochs": 15.0}
+    (experiment / "study.json").write_text(json.dumps(study))
+    state = next(experiment.glob("experiment_state-*.json"))
+    entries = json.loads(state.read_text())["trial_data"]
+    running = json.loads(entries[-1][0]) | {"status": "PENDING"}  # Ray saves a running trial as PENDING
+    entries[-1][0] = json.dumps(running)
+    (experiment / running["relative_logdir"] / "result.json").write_text(
+        (experiment / running["relative_logdir"] / "result.json").read_text().splitlines()[0] + "\n"
+    )
+    state.write_text(json.dumps({"trial_data": entries}))
+    return experiment
+
+
+@pytest.mark.parametrize("planned", [True, False])
+def test_an_early_interruption_is_reported_against_the_plan_not_the_trials_ray_created(tmp_path, capsys, planned):
+    experiment = interrupted_early(tmp_path / "early", planned)
+    write_report(str(experiment))
+    out = capsys.readouterr().out.splitlines()
+    summary = (experiment / "summary.md").read_text()
+    headline = summary.splitlines()[2]
+    assert "6 trials planned (3 settings x 2 seeds), 3 created so far, 2 finished" in headline
+    assert (
+        "Budget: 7 of 18 epochs trained" in headline
+        and "Status: 2 completed, 1 running, 3 not created yet." in headline
+    )
+    assert ("about 15 expected by the plan" in headline) == planned  # only the sweep knows
+    assert "2 of the 6 planned trials finished; 1 started but not finished, 3 not started" in summary
+    assert "Only the 3 of 3 planned settings" not in summary
+    # Two seeds are planned: the intervals are to come; more seeds are not what it lacks.
+    assert "**No intervals yet**" in summary and "--seeds" not in summary and "One trial per setting" not in summary
+    assert out[0] == headline and out[2].startswith("Partial experiment: 2 of the 6 planned trials finished")
+
+
+def test_the_grids_say_which_planned_settings_they_leave_out(tmp_path):
+    experiment = interrupted_early(tmp_path / "one", planned=True, created=1)
+    write_report(str(experiment), quiet=True)
+    summary = (experiment / "summary.md").read_text()
+    assert "Only the 1 of 3 planned settings that Ray has created a trial of are shown." in summary
+    assert "6 trials planned (3 settings x 2 seeds), 1 created so far, 0 finished" in summary
+    assert "Status: 1 running, 5 not created yet." in summary

@@ -1,8 +1,11 @@
+import errno
 import io
 import math
+import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +16,7 @@ import torch.nn.functional as F
 from study import metrics as m
 from study.config import make_config
 from study.train.data import load_corpus
+from study.train.state import run_identity, save_state
 from study.train.trainer import PROGRESS_LINES, Trainer, evaluate, sequence_cost, stream_windows
 
 
@@ -176,3 +180,71 @@ def test_corrupted_resume_file_is_one_line(tmp_path, tiny_corpus_dir):
 def test_bench_rejects_a_count_below_one_in_one_line(flag):
     done = subprocess.run([sys.executable, "-m", "study.bench", flag, "0"], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.strip() == f"error: {flag} 0: must be at least 1"
+
+
+def train_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "study.train", "--threads", "1", "--quiet", *args], capture_output=True, text=True
+    )
+
+
+def test_resume_with_another_preset_is_refused_in_one_line(tiny_corpus_dir, tmp_path):
+    state = tmp_path / "run.pt"
+    data = ["--data-dir", str(tiny_corpus_dir)]
+    assert train_cli("--preset", "test", "--epochs", "1", "--save", str(state), *data).returncode == 0
+    other = train_cli("--preset", "small", "--resume", str(state), *data)
+    assert other.returncode == 2 and other.stdout == ""
+    assert other.stderr == (
+        f"error: --preset small: {state} holds a run started with --preset test; "
+        "--resume continues it as saved: drop --preset\n"
+    )
+    same = train_cli("--preset", "test", "--resume", str(state), *data)  # its own preset: accepted
+    assert same.returncode == 0 and same.stdout.endswith("nothing is left to train\n"), same.stderr
+
+
+def test_resume_with_a_preset_of_a_state_that_does_not_name_one_compares_the_settings(tiny_corpus_dir, tmp_path):
+    """A trial's checkpoint (study.sweep) records no preset: its settings are compared with the preset's."""
+    corpus = load_corpus(tiny_corpus_dir)
+    trainer = Trainer(tiny(epochs=2), corpus)
+    trainer.run_epoch()
+    state = tmp_path / "state.pt"
+    save_state(state, trainer.state_dict(), run_identity(trainer.config, corpus.sha256))
+    done = train_cli("--preset", "small", "--resume", str(state), "--data-dir", str(tiny_corpus_dir))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert f"error: --preset small: {state} holds another run (" in done.stderr and "drop --preset" in done.stderr
+
+
+def test_resume_of_a_finished_trials_checkpoint_says_there_is_nothing_to_train(tiny_corpus_dir, tmp_path):
+    corpus = load_corpus(tiny_corpus_dir)
+    trainer = Trainer(tiny(epochs=2), corpus)
+    list(trainer.epochs())
+    state = tmp_path / "state.pt"  # as study.sweep's trainable saves it: the run state, no rows
+    save_state(state, trainer.state_dict(), run_identity(trainer.config, corpus.sha256))
+    done = train_cli("--resume", str(state), "--data-dir", str(tiny_corpus_dir))
+    assert done.returncode == 0 and done.stderr == "" and "Traceback" not in done.stdout
+    assert done.stdout.splitlines()[-1] == f"{state}: the run finished its 2 epochs; nothing is left to train"
+
+
+@pytest.mark.parametrize("flag, name", [("--save", "run.pt"), ("--table", "epochs.parquet")])
+def test_save_or_table_on_a_full_disk_is_one_line_and_keeps_the_earlier_file(
+    tiny_corpus_dir, tmp_path, monkeypatch, capsys, flag, name
+):
+    from study import storage
+    from study.train.cli import main
+
+    target = tmp_path / "out" / name
+    target.parent.mkdir()
+    target.write_bytes(b"the whole file of an earlier run")
+    real_replace = os.replace
+
+    def full(source, destination):  # the disk fills as the new file is put in place
+        if Path(destination) == target:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(storage.os, "replace", full)
+    args = ["--preset", "test", "--epochs", "1", "--threads", "1", "--quiet", "--data-dir", str(tiny_corpus_dir)]
+    assert main([*args, flag, str(target)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {target}: not written (no space left on the device); the file there before is unchanged\n"
+    assert target.read_bytes() == b"the whole file of an earlier run" and os.listdir(target.parent) == [name]

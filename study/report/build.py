@@ -43,7 +43,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 
 from study import metrics as m
-from study.errors import main_with_errors
+from study.errors import StorageError, main_with_errors
 from study.labels import value_label
 from study.redact import redact
 from study.report import plots
@@ -86,6 +86,8 @@ def write_report(
             pictures = plots.write_all(stage, _plot_data(experiment, comparison, grid))
             written = summary(experiment, comparison, grid, pictures)
             text = written.text
+        except StorageError:  # a full or read-only disk is no failure of the pictures: the report stops
+            raise
         except Exception as error:  # any failure of the pictures or the text: the tables stay published
             failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}".rstrip(": ")
             pictures = {}

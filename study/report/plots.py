@@ -334,17 +334,28 @@ def _errorbars(axes, x: np.ndarray, part: pd.DataFrame, colour, label: str, conn
 
 
 def _mark_stopped(axes, test: pd.DataFrame, position: Callable[[pd.Series], float]) -> None:
-    """An x at the foot of the axis for each setting with no test perplexity because ASHA stopped
-    all its trials: shown as stopped, not silently missing."""
+    """A grey column with the words "stopped by ASHA" at each setting that has no test perplexity
+    because ASHA stopped all its trials: shown as stopped, not silently missing. It spans the whole
+    perplexity axis, so it stands for no value (a marker at the foot read as a low, better perplexity)."""
     stopped = test[(test["n_test"] == 0) & (test.get("n_stopped_early", 0) > 0)]
     for i, (_, row) in enumerate(stopped.iterrows()):
-        axes.plot(
-            [position(row)],
-            [0.03],
-            transform=axes.get_xaxis_transform(),
-            marker="x",
+        x = position(row)
+        axes.axvline(
+            x,
             color="grey",
-            linestyle="none",
-            markersize=7,
+            alpha=0.2,
+            linewidth=14,  # points: as wide on a log axis as on a linear one
+            solid_capstyle="butt",
             label="stopped by ASHA (no test perplexity)" if i == 0 else None,
+        )
+        axes.text(
+            x,
+            0.5,
+            "stopped by ASHA",
+            transform=axes.get_xaxis_transform(),  # x a setting, y the middle of the axes: no perplexity
+            rotation=90,
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="dimgrey",
         )

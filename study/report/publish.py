@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from study.errors import StorageError
 from study.report.reader import Location
 
 STAGE_PREFIX = ".report-"
@@ -34,15 +35,41 @@ STALE_AFTER_S = 24 * 3600  # a stage of another host, whose process cannot be as
 @contextlib.contextmanager
 def staging(location: Location) -> Iterator[Path]:
     """A fresh folder to write the report into: inside a local experiment (so that the final
-    renames stay on one filesystem), else a local temporary folder. Removed afterwards."""
+    renames stay on one filesystem), else a local temporary folder. Removed afterwards. A disk
+    that is full or read-only while staging is StorageError naming the experiment: nothing of the
+    report there before has changed."""
     if location.local is not None:
         remove_stale_stages(location.local)
     prefix = f"{STAGE_PREFIX}{socket.gethostname()}-{os.getpid()}-"
-    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=location.local))
+    with _refused(location, "the report there before is unchanged"):
+        folder = Path(tempfile.mkdtemp(prefix=prefix, dir=location.local))
     try:
-        yield folder
+        with _refused(location, "the report there before is unchanged"):
+            yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _refused(location: Location, kept: str) -> Iterator[None]:
+    """A refused write inside (a raw OSError, or a StorageError naming a staged file) as one
+    StorageError about the experiment's report; one raised by `publish` passes as it is."""
+    try:
+        yield
+    except StorageError as error:
+        if getattr(error, "about_report", False):
+            raise
+        raise _report_refused(location, error.cause, kept) from None
+    except OSError as error:
+        if (refused := StorageError.refused(error)) is None:
+            raise
+        raise _report_refused(location, refused.cause, kept) from None
+
+
+def _report_refused(location: Location, cause: str, kept: str) -> StorageError:
+    error = StorageError.about(location.show("").rstrip("/"), cause, kept, what="report")
+    error.about_report = True  # said of the report as a whole: not to be said again
+    return error
 
 
 def remove_stale_stages(folder: Path) -> list[Path]:
@@ -74,18 +101,21 @@ def _running(pid: int) -> bool:
 def publish(stage: Path, files: list[str], summary: str, stale: list[str], location: Location) -> None:
     """Move `files` and then `summary` from `stage` into the experiment, the old summary removed
     first and the `stale` files (old plots the new report lacks) removed with it."""
-    for name in (summary, *stale):
-        _remove(location, name)
-    for name in (*files, summary):
-        if location.local is not None:
-            os.replace(stage / name, location.local / name)
-        else:
-            pafs.copy_files(
-                str(stage / name),
-                f"{location.root}/{name}",
-                source_filesystem=pafs.LocalFileSystem(),
-                destination_filesystem=location.fs,
-            )
+    with _refused(location, "the report there before is unchanged"):
+        _remove(location, summary)
+    with _refused(location, f"published in part: no {summary} until a report is written whole"):
+        for name in stale:
+            _remove(location, name)
+        for name in (*files, summary):
+            if location.local is not None:
+                os.replace(stage / name, location.local / name)
+            else:
+                pafs.copy_files(
+                    str(stage / name),
+                    f"{location.root}/{name}",
+                    source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=location.fs,
+                )
 
 
 def _remove(location: Location, name: str) -> None:

@@ -20,6 +20,7 @@ from study.labels import value_label
 from study.report.anova import interaction
 from study.report.collect import Experiment
 from study.report.comparison import Pivot, noise_of, sampled_keys, setting_keys
+from study.report.planned import Plan, study_plan
 from study.report.provenance import space_description
 from study.storage import split_location
 from study.tables import COMPARISON, EPOCHS, STUDY_FILE, TRIALS
@@ -48,23 +49,27 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
     trained = int(trials["epochs_run"].sum()) - shared
     hours = trials["seconds"].sum() / 3600
     description = space_description(info.get("space_text"))
+    plan = _plan(experiment)
+    uncreated = plan.trials - n if plan else 0
 
     lines = [f"# Study {name}" + (f": {description}" if description else "")]
     studied = [f"space `{name}`" if info.get("space") else f"experiment `{name}`"]
     studied += [f"preset {info['preset']}"] if info.get("preset") else []
-    studied += [f"{epochs_each} epochs per trial", f"{n} trials ({_settings_by_seeds(comparison, experiment)})"]
+    studied += [f"{epochs_each} epochs per trial", _trials_text(comparison, experiment, plan)]
+    full = plan.trial_epochs if plan and plan.trial_epochs else n * epochs_each
+    budget = [f"{shared} more taken from shared prefixes"] if shared else []
+    if plan and plan.expected_trial_epochs is not None and (uncreated or trials["status"].isin(m.UNFINISHED).any()):
+        budget.insert(0, f"about {plan.expected_trial_epochs:.0f} expected by the plan")
+    statuses = [f"{counts[s]} {s.replace('_', ' ')}" for s in m.STATUSES if counts.get(s, 0)]
+    statuses += [f"{uncreated} not created yet"] if uncreated else []
     headline = (
-        "Studied: "
-        + ", ".join(studied)
-        + f". Budget: {trained} of {n * epochs_each} epochs trained"
-        + (f" ({shared} more taken from shared prefixes), " if shared else ", ")
-        + f"{hours:.2f} h of trial time. Status: "
-        + ", ".join(f"{counts[s]} {s.replace('_', ' ')}" for s in m.STATUSES if counts.get(s, 0))
-        + "."
+        f"Studied: {', '.join(studied)}. Budget: {trained} of {full} epochs trained"
+        + (f" ({'; '.join(budget)})" if budget else "")
+        + f", {hours:.2f} h of trial time. Status: {', '.join(statuses)}."
     )
     answer = _answer(comparison)
     lines += [headline, answer]
-    notes = _notes(trials, comparison, experiment)
+    notes = _notes(trials, comparison, experiment, plan)
     if notes:
         lines.append("\n".join(f"> {note}" for note in notes))
 
@@ -72,7 +77,9 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
     lines.append(f"## Best validation perplexity by {axis}")
     lines.append(
         "Mean over seeds of each trial's lowest validation perplexity, ± the half-width of its 95% interval; "
-        "diverged trials are left out and counted in brackets. " + _interval_method(experiment, "best_valid_ppl")
+        "diverged trials are left out and counted in brackets. "
+        + _interval_method(experiment, "best_valid_ppl")
+        + _settings_shown(comparison, plan)
     )
     lines.append(_markdown_grid(grid, "best_valid_ppl"))
     lines.append("## Test perplexity (completed trials)")
@@ -112,6 +119,36 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
         f"`python -m study.report {experiment.location.given} --provenance`."
     )
     return Summary(headline, answer, tuple(notes), "\n\n".join(lines) + "\n")
+
+
+def _plan(experiment: Experiment) -> Plan | None:
+    """study.json's plan, unless the trials Ray created contradict it (more of them than planned)."""
+    plan = study_plan(experiment.study)
+    return plan if plan and plan.trials >= len(experiment.trials) else None
+
+
+def _trials_text(comparison: pd.DataFrame, experiment: Experiment, plan: Plan | None) -> str:
+    """'8 trials (4 settings x 2 seeds)'; while Ray has not created every planned trial, the plan and
+    how far it is: '64 trials planned (32 settings x 2 seeds), 3 created so far, 0 finished'."""
+    n = len(experiment.trials)
+    if plan is None or plan.trials == n:
+        return f"{n} trials ({_settings_by_seeds(comparison, experiment)})"
+    finished = int(experiment.trials["status"].isin(m.FINISHED).sum())
+    if plan.per_setting is None:
+        shape = "settings drawn per trial"
+    else:
+        unit = "seed" if experiment.study.get("num_samples") in (None, 1) else "trial"  # samples repeat the seeds
+        shape = f"{plan.settings} setting{'s' * (plan.settings != 1)} x {plan.per_setting} {unit}{'s' * (plan.per_setting != 1)}"
+    return f"{plan.trials} trials planned ({shape}), {n} created so far, {finished} finished"
+
+
+def _settings_shown(comparison: pd.DataFrame, plan: Plan | None) -> str:
+    """Which settings the grids show while Ray has created the trials of only some."""
+    if plan is None or not plan.settings or len(comparison) >= plan.settings:
+        return ""
+    if comparison.empty:
+        return f" None of the {plan.settings} planned settings has a trial yet."
+    return f" Only the {len(comparison)} of {plan.settings} planned settings that Ray has created a trial of are shown."
 
 
 def _settings_by_seeds(comparison: pd.DataFrame, experiment: Experiment) -> str:
@@ -158,15 +195,23 @@ def _with_interval(row: pd.Series, name: str) -> str:
     return f"{row[f'{name}_mean']:.1f} [95% CI {row[f'{name}_ci95_low']:.1f}, {row[f'{name}_ci95_high']:.1f}], n={n}"
 
 
-def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experiment) -> list[str]:
+def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experiment, plan: Plan | None) -> list[str]:
     notes = []
     storage, space = split_location(experiment.location.given)
     space = experiment.study.get("space") or space
     running, pending = (int((trials["status"] == s).sum()) for s in (m.RUNNING, m.PENDING))
     errored = int((trials["status"] == m.ERROR).sum())
+    uncreated = plan.trials - len(trials) if plan else 0
     # The sweep's own resume command (study.json): the space as given, its storage and data folder.
     again = experiment.study.get("resume_command") or f"python -m study.sweep {space} --storage {storage} --resume"
-    if running or pending:
+    if uncreated:
+        finished = len(trials) - running - pending
+        notes.append(
+            f"**Partial experiment**: {finished} of the {plan.trials} planned trials finished; {running} started but "
+            f"not finished, {pending + uncreated} not started ({uncreated} of them not created yet); the unfinished "
+            f"are left out of every statistic. Continue it with `{again}`, which refreshes this report."
+        )
+    elif running or pending:
         notes.append(
             f"**Partial experiment**: {running} trial(s) started but not finished, {pending} not started; "
             f"they are left out of every statistic. Continue it with `{again}`, which refreshes this report."
@@ -176,10 +221,13 @@ def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experimen
             f"**{errored} trial(s) ended in error** after their retries (see Errors below); once the cause is "
             f"fixed, `{again}` retries them from their last checkpoints."
         )
-    if comparison["n_valid"].max() < 2 and comparison["n_trials"].max() >= 2:
+    # Trials per setting as planned: a plan with two seeds will give intervals, however few trials Ray has made so far.
+    per_setting = max(comparison["n_trials"].max(), (plan.per_setting or 0) if plan else 0)
+    if comparison["n_valid"].max() < 2 and per_setting >= 2:
+        planned = f" ({per_setting} trials of each setting are planned)" if plan and plan.per_setting else ""
         notes.append(
             "**No intervals yet**: no setting has two finished trials so far, so differences may be seed "
-            "noise; the intervals appear as more of each setting's trials finish."
+            f"noise; the intervals appear as more of each setting's trials finish{planned}."
         )
     elif comparison["n_trials"].max() < 2 and sampled_keys(experiment.study) & set(setting_keys(experiment.factors)):
         notes.append(

@@ -16,12 +16,17 @@ from study.train import EpochProgress
 
 BOARD = "study-progress"  # the board actor's name in the sweep's Ray namespace
 
-# Ray's messages that the compact view replaces (logger -> message starts): its interruption note
-# names Tuner.restore (the closing lines give the sweep's own command), and the result grid
-# complains about trials an interruption left unstarted.
+# Ray's messages that the compact view replaces or that say nothing to act on (logger -> message
+# starts): its interruption note names Tuner.restore (the closing lines give the sweep's own command);
+# the result grid complains about trials an interruption left unstarted; a local Ray announces the
+# token it turns on by itself (the README says what it guards); and tensorboardX warns at every
+# trial's end when Ray's TensorBoard logger writes max_grad_norm=inf (no clipping) as an hparam, and
+# at every diverged epoch's valid_ppl=inf: infinities that are results and settings of the study.
 _RAY_NOISE = {
     "ray.tune.tune": ("Experiment has been interrupted",),
     "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
+    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled",),
+    "tensorboardX.x2num": ("NaN or Inf found in input tensor",),
 }
 
 

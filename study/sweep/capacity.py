@@ -11,6 +11,7 @@ an address nothing answers on within seconds, where `ray.init` would retry for m
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import socket
@@ -30,12 +31,18 @@ BOOTSTRAP_CONFIG = Path("~/ray_bootstrap_config.yaml")
 class Node:
     cpus: float
     gpus: float
+    memory: float = 0.0  # bytes for its trials (0: unknown)
 
 
 def live_nodes() -> list[Node]:
-    """The CPUs and GPUs of each node of the connected Ray that is alive."""
+    """The CPUs, GPUs and memory of each node of the connected Ray that is alive. Ray splits a
+    node's memory into its object store and the rest ("memory", for tasks): a trial has both."""
     return [
-        Node(node["Resources"].get("CPU", 0.0), node["Resources"].get("GPU", 0.0))
+        Node(
+            node["Resources"].get("CPU", 0.0),
+            node["Resources"].get("GPU", 0.0),
+            node["Resources"].get("memory", 0.0) + node["Resources"].get("object_store_memory", 0.0),
+        )
         for node in ray.nodes()
         if node.get("Alive")
     ]
@@ -111,18 +118,43 @@ def check_resource_flag(flag: str, value: float | None, positive: bool) -> None:
 
 
 def check_address(address: str | None) -> None:
-    """Fail within seconds, in one line, when nothing listens at a host:port `address`."""
-    if not address or address in ("auto", "local") or address.startswith("ray://"):
-        return  # "auto"/"local" are resolved by Ray itself; ray:// goes through Ray Client
+    """Fail within seconds, in one line, when nothing listens at `address`: a host:port, a Ray
+    Client address (ray://host:port), or 'auto' (the Ray that `ray start` last started here, else
+    any running on this machine, as Ray resolves it), where `ray.init` would retry for a minute."""
+    if not address or address == "local":
+        return
+    given = f"--address {address}"
+    if address == "auto":
+        found = running_ray()
+        if found is None:
+            raise UsageError(
+                f"{given}: no Ray is running on this machine; start one with `ray start --head`, "
+                "or leave --address out for a private local Ray"
+            )
+        given, address = f"{given} (found {found})", found
     host, _, port = address.rpartition("://")[2].partition("/")[0].rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(
-            f"--address {address}: expected host:port of the Ray head's GCS (e.g. 10.0.0.5:6379), 'auto' or 'local'"
+            f"{given}: expected host:port of the Ray head's GCS (e.g. 10.0.0.5:6379), "
+            "ray://host:port of its Ray Client server, 'auto' or 'local'"
         )
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S) as probe:
+            if probe.getsockname() == probe.getpeername():  # TCP connected a free local port to itself
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
     except OSError as error:
         raise UsageError(
-            f"--address {address}: no Ray answers there ({error.strerror or error}) within {CONNECT_TIMEOUT_S:g} s; "
+            f"{given}: no Ray answers there ({error.strerror or error}) within {CONNECT_TIMEOUT_S:g} s; "
             "start one with `ray start --head`, or leave --address out for a local Ray"
         ) from None
+
+
+def running_ray() -> str | None:
+    """The address `ray.init(address="auto")` would join ($RAY_ADDRESS, the one `ray start` wrote in
+    Ray's temp folder, else any GCS running here); None when there is none."""
+    from ray._private.services import get_ray_address_from_environment  # Ray 2.60's own resolution
+
+    try:
+        return get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        return None

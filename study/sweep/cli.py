@@ -9,6 +9,8 @@ The study is a YAML file in search_spaces/ (see study/sweep/space_file.py). Resu
 report's tables. `--resume` continues an interrupted sweep without rerunning finished trials.
 Trials that differ only in settings that act late train their shared first epochs once
 (study/sweep/prefix.py, study/sweep/prefix_search.py); `--no-prefix-sharing` trains every trial from scratch.
+Ctrl-C or SIGTERM stops a sweep, keeping its finished epochs (study/sweep/signals.py); what it says
+at the end and its exit status: study/sweep/closing.py.
 """
 
 from __future__ import annotations
@@ -16,12 +18,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 from dataclasses import replace
-from pathlib import Path
 
 import ray
-from ray import tune
 
 from study.errors import UsageError, main_with_errors
 from study.redact import redact
@@ -36,18 +35,20 @@ from study.sweep.capacity import (
     live_nodes,
     trials_at_once,
 )
+from study.sweep.closing import closing_summary, exit_code
+from study.sweep.credentials import credentials_to_environment, keep_out_of_runtime_env
+from study.sweep.limits import PTB_VOCABULARY, check_memory, check_trial_count, machine_memory
 from study.sweep.progress import SweepProgress
+from study.sweep.resume import check_resumed_corpus, resume_command, to_resume
+from study.sweep.signals import Stopped, StopRequests
 from study.sweep.space_file import load_space
 from study.sweep.tuner import (
-    LAYOUT,
     SweepOptions,
-    SweepResult,
     check_storage,
     experiment_exists,
     experiment_started,
     plan,
     plan_timing,
-    read_study_file,
     run_sweep,
     saved_by_sharing,
     storage_uri,
@@ -100,14 +101,24 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
             getattr(args, flag),
             positive=flag in ("cpus_per_trial", "num_samples", "epochs"),
         )
+    if args.storage is not None and not args.storage.strip():
+        raise UsageError(f"--storage {args.storage!r}: empty; allowed: a folder, or a URI (s3://bucket/path, gs://…)")
     space = load_space(args.space, epochs=args.epochs, seeds=args.seeds)
+    if args.num_samples is not None and args.num_samples > 1 and not space.draws:
+        raise UsageError(
+            f"--num-samples {args.num_samples}: {space.path} draws nothing (grid only), so its repeats would be "
+            "identical runs; allowed: 1, or more seeds with --seeds"
+        )
+    num_samples = args.num_samples or space.num_samples
+    given = f"--num-samples {num_samples}" if args.num_samples else f"{space.path} (grid x seeds x num_samples)"
+    check_trial_count(space.trial_count(num_samples), given)
     return SweepOptions(
         space=space,
         epochs=space.base_config().epochs,
         storage=storage_uri(args.storage or "results"),
         cpus_per_trial=args.cpus_per_trial if args.cpus_per_trial is not None else space.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial if args.gpus_per_trial is not None else space.gpus_per_trial,
-        num_samples=args.num_samples or space.num_samples,
+        num_samples=num_samples,
         max_failures=args.max_failures,
         resume=args.resume,
         verbose=args.verbose,
@@ -117,11 +128,23 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
 
 @main_with_errors
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    stops = StopRequests()
+    stops.install()  # Ctrl-C and SIGTERM alike, from here to the last line (study/sweep/signals.py)
+    try:
+        return sweep_command(parse_args(argv), stops)
+    except Stopped as stopped:  # before the sweep began: nothing of it is written yet
+        print(f"Stopped ({stopped}) before the sweep started; nothing was changed.")
+        return stops.exit_status
+    finally:
+        stops.uninstall()
+
+
+def sweep_command(args: argparse.Namespace, stops: StopRequests) -> int:
     options = options_from_args(args)
     check_storage(options.storage)
+    study = {}
     if options.resume:
-        args, options = to_resume(args, options)
+        args, options, study = to_resume(args, options, options_from_args)
     elif experiment_exists(options.experiment):
         raise UsageError(
             f"{redact(options.experiment)} already holds this study: add --resume to continue it, or choose another --storage"
@@ -133,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not args.verbose:
         quiet_ray()
+    here = [machine_memory()]  # a local Ray's trials run here; with an address, the plan's timing still does
     if args.dry_run:
+        check_memory(options.space, PTB_VOCABULARY, here, "this machine", base_only=address is not None)
         nodes = None if address else [Node(available_cpus(), 0)]
         timing = plan_timing(options, None)  # the cache, else time on the data if it is here (no download)
         if isinstance(timing, str):
@@ -145,21 +170,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     check_address(address)  # seconds, where ray.init would retry for minutes
     corpus = load_corpus(args.data_dir)  # before Ray starts: a data problem is one line, not a trial error
+    check_resumed_corpus(study, corpus, options.experiment)
     options.space.check_corpus_fits(corpus)
+    check_memory(options.space, len(corpus.vocab), here, "this machine", base_only=address is not None)
     if note := corpus.dropped_note():
         print(note)
     timing = plan_timing(options, corpus)  # before Ray starts, so that nothing else runs meanwhile
+    again = resume_command(args, options, corpus.folder)  # as given: a URI's credentials show as ***
+    if address is None:  # its processes inherit them: nothing Ray or study writes holds them
+        options = replace(options, storage=credentials_to_environment(options.storage))
+        keep_out_of_runtime_env()
     # Without an address, a private Ray of this process ("local"): ray.init() alone would join any
     # Ray already running on the machine. Ray 2.60 binds its servers to every interface (it turns a
     # loopback node address into the host's), and guards them with its token (~/.ray/auth_token).
-    ray.init(
-        address=address or "local",
-        log_to_driver=False,
-        include_dashboard=False if address is None else None,
-        logging_level=logging.INFO if args.verbose else logging.WARNING,
-    )
+    try:
+        ray.init(
+            address=address or "local",
+            log_to_driver=False,
+            include_dashboard=False if address is None else None,
+            logging_level=logging.INFO if args.verbose else logging.WARNING,
+        )
+    except ConnectionError as error:  # an address that answered the probe, then not as a Ray
+        flag = "--address" if args.address else "$RAY_ADDRESS"
+        raise UsageError(f"{flag} {address}: {str(error).splitlines()[0]}") from None
+    stops.install()  # ray.init set its own SIGTERM handler, which exits from inside Tune's loop
     nodes = live_nodes()
     check_shared_storage(args.storage is not None, nodes)
+    if address is not None:
+        check_memory(options.space, len(corpus.vocab), [node.memory for node in nodes])
     capacity_warning = check_capacity(options.cpus_per_trial, options.gpus_per_trial, nodes, autoscaling())
     print(redact(plan(options, nodes, timing, saved_by_sharing(options))), flush=True)
     if capacity_warning:
@@ -174,116 +212,25 @@ def main(argv: list[str] | None = None) -> int:
         verbose=args.verbose,
         shared_epochs_saved=saved_by_sharing(options),
     )
-    again = resume_command(args, options, corpus.folder)
+    stops.on_stop = tracker.stop_requested  # says at once that it is stopping, and what to wait for
     try:
-        outcome = run_sweep(options, corpus, [tracker], resume_with=again)
-    except KeyboardInterrupt:  # a second Ctrl-C, while Tune was saving its state
+        outcome = run_sweep(options, corpus, [tracker, stops], resume_with=again)
+    except KeyboardInterrupt:  # a second stop request while Tune saved its state, or one during the report
         outcome = None
     finally:
         tracker.close()
+    if outcome is None and tracker.ended is not None and not tracker.interrupted:
+        print(
+            f"Stopped ({stops.signal_name}) while writing the report: every trial had "
+            f"finished, and the report published before is whole; write it again with: "
+            f"python -m study.report {redact(options.experiment)}"
+        )
+        return stops.exit_status
     if outcome is not None:
+        if options.resume and not tracker.trials_started and not tracker.interrupted:
+            print(f"The sweep in {redact(options.experiment)} had finished: nothing was left to run.")
         print(redact(closing_summary(options, outcome.results, again)))
     if outcome is None or tracker.interrupted:
         print(redact("\n".join(tracker.interruption_lines(options.experiment, again))))
-        return 130  # as a shell reports a command stopped by SIGINT
+        return stops.exit_status  # 130 (SIGINT) or 143 (SIGTERM), as a shell reports a stopped command
     return exit_code(outcome)
-
-
-def exit_code(outcome: SweepResult) -> int:
-    """1 when a trial ended in error after its retries, no trial finished an epoch, or the report's
-    plots or summary failed; else 0."""
-    results = outcome.results
-    failed = any(result.error for result in results) or outcome.report_failure
-    return 1 if failed or not any(result.metrics for result in results) else 0
-
-
-RESUMED_FLAGS = ("epochs", "seeds", "num_samples")  # fixed when a sweep starts: its trials and ASHA's rungs
-
-
-def to_resume(args: argparse.Namespace, options: SweepOptions) -> tuple[argparse.Namespace, SweepOptions]:
-    """The arguments and options that continue the sweep in options.experiment as it started:
-    its epochs, seeds and samples come from study.json; a flag that would change them, or a space
-    file edited since, is refused. A folder whose sweep stopped before Ray saved its state is
-    started again from the beginning."""
-    where = redact(options.experiment)
-    if not experiment_exists(options.experiment):
-        if experiment_started(options.experiment):
-            print(f"{where}: the sweep stopped before Ray saved its state, so nothing is lost; starting it again")
-            return args, replace(options, resume=False)
-        raise UsageError(f"--resume: no sweep to continue in {where}")
-    study = read_study_file(options.experiment)
-    if study and study.get("layout") != LAYOUT:
-        commit = f" (git commit {study['git_commit']})" if study.get("git_commit") else ""
-        raise UsageError(
-            f"--resume: the sweep in {where} was started by study {study.get('versions', {}).get('study', 'before 0.2')}, "
-            f"whose modules Ray saved under names this version no longer has; continue it with the code that "
-            f"started it{commit}, or start a new study with another --storage"
-        )
-    if study.get("space_text") not in (None, options.space.text):
-        raise UsageError(
-            f"{options.space.path}: changed since the sweep in {where} started; --resume continues the sweep "
-            "as it started (study.json holds that space): restore the file, or start a new study with another --storage"
-        )
-    started = {flag: study.get(flag) for flag in RESUMED_FLAGS}
-    for flag, value in started.items():
-        given = getattr(args, flag)
-        if given is not None and value is not None and given != value:
-            name = "--" + flag.replace("_", "-")
-            raise UsageError(
-                f"{name} {given}: --resume continues the sweep in {where} as it started ({flag} {value}); "
-                f"to run with {name} {given}, start a new study with another --storage"
-            )
-    if args.no_prefix_sharing and study.get("prefix_sharing"):
-        raise UsageError(
-            f"--no-prefix-sharing: the sweep in {where} started with shared prefixes, and continues with them"
-        )
-    filled = argparse.Namespace(
-        **{
-            **vars(args),
-            **{flag: value for flag, value in started.items() if value is not None},
-            "no_prefix_sharing": args.no_prefix_sharing or study.get("prefix_sharing") is False,
-        }
-    )
-    return filled, options_from_args(filled)
-
-
-def resume_command(args: argparse.Namespace, options: SweepOptions, data_dir: str) -> str:
-    """The command that continues this sweep: the space as given, the storage and data folder it
-    used, and whatever else was given that a resumed run still reads."""
-    words = ["python", "-m", "study.sweep", args.space, "--storage", options.storage, "--data-dir", data_dir]
-    for flag in ("address", "cpus_per_trial", "gpus_per_trial", "num_samples", "epochs"):
-        value = getattr(args, flag)
-        if value is not None:
-            words += [f"--{flag.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
-    if args.seeds:
-        words += ["--seeds", *map(str, args.seeds)]
-    if args.max_failures != SweepOptions.max_failures:
-        words += ["--max-failures", str(args.max_failures)]
-    if args.verbose:
-        words.append("--verbose")
-    if args.no_prefix_sharing:
-        words.append("--no-prefix-sharing")
-    return shlex.join([*words, "--resume"])
-
-
-def exception_line(error: BaseException) -> str:
-    """The last line of an exception (a trial's error): for a StateError, the refusal naming the checkpoint."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
-def closing_summary(options: SweepOptions, results: tune.ResultGrid, resume_with: str | None = None) -> str:
-    """The lines printed when the sweep ends: errors and where the results are. The best setting is
-    the report's to name (printed just before, in its labels, ranked as its tables rank settings)."""
-    errored = [result for result in results if result.error]
-    lines = [f"{len(results)} trials, {len(errored)} errored" + ("." if not errored else " after their retries:")]
-    lines += [f"  {Path(result.path).name}: {exception_line(result.error)}" for result in errored]
-    if errored and resume_with:
-        lines.append(f"Once the cause is fixed, retry them from their last checkpoints: {resume_with}")
-    if results and not any(result.metrics for result in results):
-        lines.append("No trial finished an epoch: there is nothing to compare.")
-    lines.append(
-        f"Tables and summary: {options.experiment} (trials.parquet, epochs.parquet, comparison.parquet, summary.md)"
-    )
-    lines.append(f"TensorBoard: tensorboard --logdir {options.experiment}")
-    return "\n".join(lines)

@@ -13,6 +13,9 @@ loaded corpus with the trial's thread count, after as many steps of warm-up, and
 seconds per epoch: steps per epoch x seconds per step + the validation pass. The test pass at the
 end of a completed trial (under 3% of a trial on PTB) is left out. Results are cached per machine
 and run shape in `$XDG_CACHE_HOME/study/calibration.json` (else ~/.cache/...), so a second plan is instant.
+The cache is read as data from disk, never trusted: an entry whose values are not plausible
+seconds and counts (text, NaN, infinite, negative, 1e308 s, steps x step time that do not add up)
+is timed afresh with one warning line, and a cache that cannot be written never stops a sweep.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from __future__ import annotations
 import json
 import math
 import platform
+import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from study.config import TrainConfig
+from study.errors import StorageError
 from study.storage import write_bytes
 from study.sweep.spaces import AshaSettings, Space
 from study.train import Corpus, Trainer, cache_dir, num_batches, set_threads
@@ -133,7 +139,7 @@ def calibration_key(config: TrainConfig, threads: int, device: str) -> str:
     """What makes a step faster or slower: the machine, torch, threads and the run's shape."""
     shape = {
         name: getattr(config, name)
-        for name in ("num_layers", "hidden_size", "num_steps", "batch_size", "max_words", "precision")
+        for name in ("num_layers", "hidden_size", "num_steps", "batch_size", "max_words", "precision", "step")
     }
     key = {"threads": threads, "device": device, "torch": torch.__version__, "cpu": cpu_model(), **shape}
     return json.dumps(key, sort_keys=True)
@@ -180,34 +186,110 @@ def calibration(
     config: TrainConfig, corpus: Corpus | None, threads: int, device: str = "cpu", cache: Path | None = None
 ) -> Calibration | str:
     """The cached calibration of this machine and run shape, else a new one (then cached); without
-    a corpus to time on and no cache entry: the reason, as a phrase for the plan."""
+    a corpus to time on and no usable cache entry: the reason, as a phrase for the plan. The cache
+    is data from disk: a damaged file or entry is ignored and timed afresh with one warning line on
+    stderr, and a cache that cannot be written is warned about, never an error."""
     cache = cache_path() if cache is None else cache
     key = calibration_key(config, threads, device)
-    try:
-        entries = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        entries = {}
-    entry = entries.get(key) if isinstance(entries, dict) else None
-    if entry is not None:
-        try:
-            cached = replace(Calibration(**entry), cached=True)
-        except TypeError:  # written by another version of this module: time again
-            cached = None
-        if cached and (corpus is None or cached.corpus == corpus.sha256.get("ptb.train.txt", "")):
+    entries, problem = read_cache(cache)
+    if key in entries:
+        cached = cached_calibration(entries[key], threads, device)
+        if isinstance(cached, str):
+            problem = f"its entry for this machine and run shape is damaged ({cached})"
+        elif corpus is None or cached.corpus == corpus.sha256.get("ptb.train.txt", ""):
             return cached
     if corpus is None:
-        return "no corpus on this machine to time a few steps on (give --data-dir) and none timed before"
+        reason = "no corpus on this machine to time a few steps on (give --data-dir)"
+        return f"{reason}; the cache {cache} is unusable: {problem}" if problem else f"{reason} and none timed before"
     if device == "cuda" and not torch.cuda.is_available():
         return "the trials use GPUs and this machine has none to time them on"
+    if problem == NOT_A_FILE:  # nothing to write over
+        _warn(f"{cache}: {problem}; ignored, timing a few steps afresh (not cached)")
+        return measure(config, corpus, threads, device)
+    if problem:
+        _warn(f"{cache}: {problem}; ignored, timing a few steps afresh")
     timing = measure(config, corpus, threads, device)
-    entries = {**(entries if isinstance(entries, dict) else {}), key: {**asdict(timing), "cached": False}}
-    write_bytes(cache, json.dumps(entries, indent=1).encode())  # never half a file, even with two plans at once
+    entries = {**entries, key: {**asdict(timing), "cached": False}}
+    try:  # never half a file, even with two plans at once
+        write_bytes(cache, json.dumps(entries, indent=1).encode())
+    except StorageError as error:  # a full or read-only disk: said in a warning, the sweep goes on
+        _warn(f"{error}; the next plan times again")
+    except OSError as error:  # a file where a folder of the path should be
+        _warn(f"{cache}: not cached ({error.strerror or error}); the next plan times again")
     return timing
+
+
+NOT_A_FILE = "is not a file"
+CACHE_LIMIT_BYTES = 1 << 22  # a cache of thousands of entries; anything larger is not one
+MAX_STEP_SECONDS = 3600.0  # an hour a step: no model of this study on any machine
+MAX_VALID_SECONDS = 10 * 24 * 3600.0
+MAX_STEPS_PER_EPOCH = 10**8
+
+
+def read_cache(cache: Path) -> tuple[dict[str, Any], str | None]:
+    """The cache's entries by key, and what is wrong with the file (None when nothing, or it is absent)."""
+    try:
+        if not cache.exists():
+            return {}, None
+        if not cache.is_file():  # a folder or a pipe (reading one would wait forever)
+            return {}, NOT_A_FILE
+        with cache.open("rb") as stream:
+            data = stream.read(CACHE_LIMIT_BYTES + 1)
+    except OSError as error:
+        return {}, f"cannot be read ({error.strerror or error})"
+    if len(data) > CACHE_LIMIT_BYTES:
+        return {}, f"is larger than {CACHE_LIMIT_BYTES} bytes"
+    try:
+        entries = json.loads(data)
+    except RecursionError:
+        return {}, "nests deeper than a cache does"
+    except ValueError:  # not UTF-8, or not JSON
+        return {}, "is not JSON"
+    if not isinstance(entries, dict):
+        return {}, "holds no object of entries"
+    return entries, None
+
+
+def cached_calibration(entry: Any, threads: int, device: str) -> Calibration | str:
+    """The Calibration an entry of the cache holds, or what is wrong with it: any value may be there."""
+    names = [field.name for field in fields(Calibration)]
+    if not isinstance(entry, dict) or set(entry) != set(names):
+        return f"not the fields {', '.join(names)}"
+    longest = MAX_STEPS_PER_EPOCH * MAX_STEP_SECONDS + MAX_VALID_SECONDS
+    for name, upper in (
+        ("seconds_per_epoch", longest),
+        ("step_seconds", MAX_STEP_SECONDS),
+        ("valid_seconds", MAX_VALID_SECONDS),
+    ):
+        value, lowest = entry[name], 0.0 if name != "step_seconds" else math.ulp(0.0)  # a step takes some time
+        if type(value) not in (int, float) or not lowest <= value <= upper:  # NaN is in no range
+            return f"{name}={value!r}: not a number of seconds in {'[0' if lowest == 0 else '(0'}, {upper:g}]"
+    steps = entry["steps_per_epoch"]
+    if type(steps) is not int or not 1 <= steps <= MAX_STEPS_PER_EPOCH:
+        return f"steps_per_epoch={steps!r}: not a count from 1 to {MAX_STEPS_PER_EPOCH:g}"
+    total = steps * entry["step_seconds"] + entry["valid_seconds"]
+    seconds = entry["seconds_per_epoch"]
+    if not math.isclose(seconds, total, rel_tol=1e-6):
+        return f"seconds_per_epoch={seconds!r}: not its steps x seconds a step + validation ({total:.6g})"
+    if entry["threads"] != threads or type(entry["threads"]) is not int:
+        return f"threads={entry['threads']!r}: not {threads}, the thread count of its key"
+    if entry["device"] != device:
+        return f"device={entry['device']!r}: not {device}, the device of its key"
+    for name in ("corpus", "measured"):
+        if not isinstance(entry[name], str):
+            return f"{name}={entry[name]!r}: not text"
+    return Calibration(**{**entry, "seconds_per_epoch": float(seconds), "cached": True})
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
 
 
 def format_duration(seconds: float) -> str:
     """A human duration: 'about 45 s', 'about 12 min', 'about 7 h 40 min', 'about 3 d 4 h'."""
     seconds = max(seconds, 0.0)
+    if not seconds < 100 * 365 * 24 * 3600:  # or not finite
+        return "over 100 years"
     if seconds < 1:
         return "under a second"
     if seconds < 90:

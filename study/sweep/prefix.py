@@ -34,7 +34,7 @@ from study import metrics as m
 from study.config import TrainConfig
 from study.storage import child_location, filesystem_and_path, write_bytes
 from study.sweep.spaces import SAMPLED, Space, trial_config
-from study.train import StateError, check_identity, decode_state, encode_state, late_settings
+from study.train import StateError, decode_state, encode_state, late_settings
 
 FOLDER = "prefixes"  # inside the experiment folder
 REPORTS = "prefix_reports"  # in a trial's checkpoint: its reports of the prefix epochs, until it stores them
@@ -133,17 +133,16 @@ class SharingPlan:
         filesystem.create_dir(path.rpartition("/")[0], recursive=True)
         write_bytes(path, encode_state(stored, identity), filesystem)
 
-    def load(self, key: str, identity: dict[str, Any]) -> dict[str, Any] | None:
+    def load(self, key: str, identity: dict[str, Any], fits=None) -> dict[str, Any] | None:
         """The stored prefix: {"run": its run state, "reports": its epochs' reports, "trial": the
         id of the trial that trained it}; None when none is stored. StateError when it is corrupted,
-        another run's, or incomplete."""
+        another run's, incomplete, or (with `fits`, a Trainer) its run state is not shaped as the trainer's."""
         where = self._file(key)
         filesystem, path = filesystem_and_path(where)
         if filesystem.get_file_info(path).type != pafs.FileType.File:
             return None
         with filesystem.open_input_stream(path) as stream:
-            stored, found = decode_state(stream.readall(), where)
-        check_identity(found, identity, where)
+            stored, _ = decode_state(stream.readall(), where, identity, fits, run_entry="run")
         state, reports = stored.get("run"), stored.get("reports")
         if not isinstance(state, dict) or not isinstance(reports, list) or len(reports) != state.get("epoch"):
             raise StateError(f"{where}: holds no run state with a report for each of its epochs; not used")
@@ -173,7 +172,7 @@ class TrialPrefix:
         sweep); [] with `trainer` untouched when none is stored or it fails its checks (then this
         trial trains it)."""
         try:
-            found = self.plan.load(self.prefix.key, self.identity)
+            found = self.plan.load(self.prefix.key, self.identity, fits=trainer)
         except StateError as error:
             warnings.warn(f"{error}: training the prefix instead", stacklevel=2)
             self.replace = True

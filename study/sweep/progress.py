@@ -11,12 +11,14 @@ status line every two minutes. The time left is re-fitted as epochs finish: the 
 expected (ASHA's expectation from where each trial stands) x the mean seconds of the epochs seen
 (the plan's calibration until then) / the trials run at once.
 
-After Ctrl-C, `interruption_lines` says what the checkpoints keep, what unfinished epochs were
-dropped, and the command that resumes the sweep.
+At Ctrl-C the view says at once, in a line of its own above the view, that the sweep is stopping
+(Ray's own warning would land inside the live line); after it, `interruption_lines` says what the
+checkpoints keep, what unfinished epochs were dropped, and the command that resumes the sweep.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -33,6 +35,7 @@ from rich.table import Table
 from study import metrics as m
 from study.config import flatten_cases
 from study.labels import setting_label
+from study.sweep.closing import interruption_lines
 from study.sweep.estimate import Calibration, brackets, expected_epochs, format_duration
 from study.sweep.spaces import Space, trial_config
 
@@ -40,6 +43,14 @@ POLL_SECONDS = 1.0  # how often the driver asks the board
 REFRESH_SECONDS = 0.5  # live view redraws at most this often
 LINE_SECONDS = 120.0  # plain output: a status line this often
 BAR_WIDTH = 12  # characters
+# In a trial's report after it refused its stored shared prefix (corrupted, or another run's) and
+# trained the epochs itself: the refusal, one line with credentials masked.
+PREFIX_REFUSED = "prefix_refused"
+STOP_SIGNAL = ("ray.tune.tune", "Stop signal received")  # Ray Tune's logger and its warning at Ctrl-C
+STOPPING = (
+    "Stopping ({how}): Ray ends the trials and saves the sweep's state one last time, then the report is "
+    "written; wait for the closing lines (a second {how} skips that save)."
+)
 
 
 def trial_label(config: dict[str, Any], space: Space, keys: list[str] | None = None) -> str:
@@ -96,7 +107,9 @@ class SweepProgress(tune.Callback):
         self.console = console or Console()
         self.views: dict[str, TrialView] = {}
         self.epoch_seconds: list[float] = []  # of the epochs finished in this session
+        self.trials_started = 0  # by Tune in this session (a resumed sweep that had finished starts none)
         self.began = self.ended = None
+        self.stopping = False  # Ctrl-C: Ray is ending the trials
         self._live: Live | None = None
         self._asked: Any = None  # the board's answer under way
         self._last_poll = self._last_draw = self._last_line = -1e9
@@ -142,6 +155,8 @@ class SweepProgress(tune.Callback):
         if self.mode == "live":
             self._live = Live(self.render(), console=self.console, auto_refresh=False, transient=False)
             self._live.start()
+        if self.mode != "quiet":  # under --verbose, Ray's own warning says it
+            logging.getLogger(STOP_SIGNAL[0]).addFilter(self._take_stop_signal)
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         for trial in trials:
@@ -156,12 +171,19 @@ class SweepProgress(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         view = self._view(trial)
         view.state, view.started, view.fraction = m.RUNNING, self.clock(), 0.0
+        self.trials_started += 1
         view.epochs = (trial.last_result or {}).get(m.EPOCH, view.epochs)
         self._draw(force=True)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         view = self._view(trial)
         view.epochs, view.started, view.fraction = result.get(m.EPOCH, view.epochs + 1), self.clock(), 0.0
+        if result.get(PREFIX_REFUSED):  # said on the console in every mode: Ray's worker logs are not shown
+            text = f"{view.label}: {result[PREFIX_REFUSED]}"
+            if self.mode == "quiet":
+                self._print(text)
+            else:
+                self._say(text)
         if result.get(m.SHARED_PREFIX):  # trained once by another trial: neither work done here nor a timing
             view.shared += 1
             self._say(
@@ -198,15 +220,39 @@ class SweepProgress(tune.Callback):
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self.ended = self.clock()
-        self._poll(wait=True)
+        if not self.views and not self.stopping:  # a resumed sweep that had finished: Tune took no step
+            for trial in trials:
+                if trial.status in ("TERMINATED", "ERROR"):
+                    self._view(trial).state = finished_status(trial)
+                    self._view(trial).epochs = (trial.last_result or {}).get(m.EPOCH, 0)
+        if not self.stopping:
+            self._poll(wait=True)
         self.close()
 
     def close(self) -> None:
         """Stop the live view, leaving its last frame on the screen."""
+        logging.getLogger(STOP_SIGNAL[0]).removeFilter(self._take_stop_signal)
         if self._live is not None:
             self._live.update(self.render(), refresh=True)
             self._live.stop()
             self._live = None
+
+    def stop_requested(self, signal_name: str = "SIGINT") -> None:
+        """Say at once, in a line above the view, that the sweep is stopping and what it waits for,
+        and stop promising a time left. Once per sweep, whoever tells first (a stop handler, or
+        Ray Tune's own warning through `_take_stop_signal`)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self._say(STOPPING.format(how="Ctrl-C" if signal_name == "SIGINT" else signal_name))
+        self._draw(force=True)
+
+    def _take_stop_signal(self, record: logging.LogRecord) -> bool:
+        """A filter on Ray Tune's logger: its stop warning would print inside the live line."""
+        if not record.getMessage().startswith(STOP_SIGNAL[1]):
+            return True
+        self.stop_requested()
+        return False
 
     # What it shows
 
@@ -243,12 +289,15 @@ class SweepProgress(tune.Callback):
         return left * per_epoch / at_once
 
     def study_text(self) -> str:
-        counts, left = self.counts(), self.seconds_left()
+        counts, seconds = self.counts(), self.seconds_left()
         elapsed = format_duration(self.clock() - self.began).removeprefix("about ") if self.began is not None else "0 s"
+        left = (
+            f", {format_duration(seconds)} left" if seconds is not None and counts["done"] < self.total_trials else ""
+        )
         return (
             f"{self.done_epochs}/~{self.expected_total():.0f} trial-epochs | {counts['running']} running, "
             f"{counts['done']} done, {counts['waiting']} waiting | {elapsed} in"
-            + (f", {format_duration(left)} left" if left is not None and counts["done"] < self.total_trials else "")
+            + (", stopping" if self.stopping else left)
         )
 
     def trial_text(self, view: TrialView) -> str:
@@ -278,33 +327,8 @@ class SweepProgress(tune.Callback):
         return Group(study, trials)
 
     def interruption_lines(self, experiment: str, resume: str) -> list[str]:
-        """What an interrupted sweep kept and dropped, and the command that resumes it."""
-        now = self.ended if self.ended is not None else self.clock()
-        inside = [view for view in self.views.values() if view.state == m.RUNNING]
-        per_epoch = sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else self.seconds_per_epoch
-        lost = []
-        for view in inside:
-            fraction = view.fraction or (min((now - view.started) / per_epoch, 1.0) if per_epoch else 0.0)
-            lost.append(f"{fraction:.1f}" if fraction >= 0.05 else "under 0.1")
-        unstarted = self.total_trials - len(inside) - self.counts()["done"]
-        trained = sum(view.epochs > 0 for view in self.views.values())
-        lines = [
-            f"Interrupted. Kept: {self.done_epochs} finished trial-epochs of {trained} trial{'s' * (trained != 1)}, "
-            f"each trial's last finished epoch as its checkpoint in {experiment}.",
-        ]
-        if inside:
-            wasted = format_duration(sum(now - view.started for view in inside)).removeprefix("about ")
-            were = "trial was" if len(inside) == 1 else "trials were"
-            lines.append(
-                f"Dropped: {len(inside)} {were} inside an epoch: {' and '.join(lost) if len(lost) < 3 else ', '.join(lost)} "
-                f"of an epoch lost ({wasted} of training); resuming reruns {'it' if len(inside) == 1 else 'them'} from the last checkpoint."
-            )
-        else:
-            lines.append("Dropped: nothing; no trial was inside an epoch.")
-        if unstarted > 0:
-            lines.append(f"{unstarted} trial{'s have' if unstarted != 1 else ' has'} not started.")
-        lines.append(f"Resume: {resume}")
-        return lines
+        """What an interrupted sweep kept and dropped, and the command that resumes it (study/sweep/closing.py)."""
+        return interruption_lines(self, experiment, resume)
 
     @property
     def interrupted(self) -> bool:

@@ -40,24 +40,24 @@ num_samples > 1: its repeats would be identical runs; list more seeds instead.
 A setting goes in one place: fixed, one vary key or one cases group, `seed` in `seeds` or elsewhere.
 `epochs` cannot vary: it is ASHA's max_t. Every value is checked against TrainConfig at load time,
 so a sweep never starts trials that fail on their config. Each mistake is a `UsageError` of one line:
-`<file>: <key>: <what is wrong>, allowed: <what is>`.
+`<file>: <key>: <what is wrong>, allowed: <what is>`. The YAML itself is read by
+study/sweep/yaml_file.py: at most 1 MB, each key once, no alias expanding it past 100,000 values.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import study
 from study.config import MAX_SEED, PRESETS, TrainConfig
 from study.errors import UsageError
 from study.sweep.spaces import SAMPLED, AshaSettings, Space, complete_cases
+from study.sweep.yaml_file import read_yaml
 
 SPACES_DIR = Path(study.__file__).resolve().parent.parent / "search_spaces"
 SUFFIXES = (".yaml", ".yml")
@@ -123,11 +123,7 @@ def load_space(name_or_path: str, epochs: int | None = None, seeds: Sequence[int
     """Read and validate a space. `epochs` and `seeds` (the command line's) replace the file's."""
     path = resolve_space_path(name_or_path)
     where = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"{where}: cannot read the file ({error}), allowed: a UTF-8 YAML file") from None
-    raw = _parse_yaml(text, where)
+    text, raw = read_yaml(path)
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else f"a {type(raw).__name__}"
         raise UsageError(
@@ -151,11 +147,11 @@ def _build(parsed: _SpaceFile, path: Path, text: str, epochs: int | None, seeds:
         if not seed_list or any(
             isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seed_list
         ):
-            raise check.fail(seeds_key, repr(seed_list), f"a non-empty list of integers 0 .. {MAX_SEED}")
+            raise check.fail(seeds_key, _shown(seed_list), f"a non-empty list of integers 0 .. {MAX_SEED}")
         fixed.pop("seed", None)
         vary.pop("seed", None)
     if seed_list is not None and len(set(seed_list)) < len(seed_list):
-        raise check.fail(seeds_key, f"{seed_list!r} repeats a seed", "distinct integers >= 0")
+        raise check.fail(seeds_key, f"{_shown(seed_list)} repeats a seed", "distinct integers >= 0")
     check.seeded = seed_list is not None
 
     check.set_fixed(fixed, epochs)
@@ -205,7 +201,7 @@ class _Checker:
             item = error.errors()[0]
             name = str(item["loc"][0]) if item["loc"] else ""
             allowed = _allowed(name) if name in FIELDS else "a consistent run configuration"
-            wrong = f"{item['input']!r} is not valid ({_lower(item['msg'])})"
+            wrong = f"{_shown(item['input'])} is not valid ({_lower(item['msg'])})"
             raise self.fail(key_path.replace("{}", name), wrong, allowed) from None
 
     def set_fixed(self, fixed: dict[str, Any], epochs: int | None) -> None:
@@ -237,7 +233,7 @@ class _Checker:
         at = f"vary.{key}"
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in KINDS:
             one = isinstance(spec, dict) and len(spec) == 1
-            wrong = f"unknown domain '{next(iter(spec))}'" if one else f"{spec!r} is not one domain"
+            wrong = f"unknown domain '{next(iter(spec))}'" if one else f"{_shown(spec)} is not one domain"
             raise self.fail(at, wrong, f"one of {', '.join(KINDS)}, as {{grid: [1, 2]}}")
         kind, values = next(iter(spec.items()))
         if kind == "cases":
@@ -255,7 +251,7 @@ class _Checker:
 
     def listed(self, key: str, values: Any, at: str) -> list:
         if not isinstance(values, list) or not values:
-            raise self.fail(at, f"{values!r} is not a non-empty list", f"a list of values for {key}")
+            raise self.fail(at, f"{_shown(values)} is not a non-empty list", f"a list of values for {key}")
         read = [getattr(self.config({key: value}, f"{at}[{i}]"), key) for i, value in enumerate(values)]
         repeated = [value for i, value in enumerate(read) if value in read[:i]]
         if repeated:
@@ -285,7 +281,7 @@ class _Checker:
                 if wanted is int
                 else "finite numbers [low, high], low < high"
             )
-            raise self.fail(at, f"{values!r} is not [low, high] with low < high", f"two {what}")
+            raise self.fail(at, f"{_shown(values)} is not [low, high] with low < high", f"two {what}")
         low, high = values
         if kind == "loguniform" and low <= 0:
             raise self.fail(at, f"low {low!r} is not > 0", "[low, high] with 0 < low < high")
@@ -298,13 +294,13 @@ class _Checker:
         if not isinstance(values, list) or not values:
             raise self.fail(
                 at,
-                f"{values!r} is not a non-empty list",
+                f"{_shown(values)} is not a non-empty list",
                 "a list of mappings of run settings, such as [{clip_mode: none}]",
             )
         read: list[dict[str, Any]] = []
         for i, case in enumerate(values):
             if not isinstance(case, dict):
-                raise self.fail(f"{at}[{i}]", f"{case!r} is not a mapping", "a mapping of run settings to values")
+                raise self.fail(f"{at}[{i}]", f"{_shown(case)} is not a mapping", "a mapping of run settings to values")
             for name in case:
                 if name not in FIELDS:
                     raise self.fail(f"{at}[{i}].{name}", "not a run setting", ", ".join(VARIABLE))
@@ -352,49 +348,17 @@ def _file_error(error: ValidationError, where: str) -> UsageError:
             )
     if item["type"] == "extra_forbidden":
         return UsageError(f"{where}: {key}: unknown key, allowed: {', '.join(model.model_fields)}")
-    wrong = "missing" if item["type"] == "missing" else f"{item['input']!r} is not valid ({_lower(item['msg'])})"
+    wrong = "missing" if item["type"] == "missing" else f"{_shown(item['input'])} is not valid ({_lower(item['msg'])})"
     return UsageError(
         f"{where}: {key}: {wrong}, allowed: {field.description if field else 'see study/sweep/space_file.py'}"
     )
 
 
+def _shown(value: Any) -> str:
+    """repr(value), cut to a readable length: an error is one line, whatever the file holds."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _lower(message: str) -> str:
     return message[:1].lower() + message[1:]
-
-
-class _Loader(yaml.SafeLoader):
-    """yaml's SafeLoader that refuses a repeated key (which would silently replace the first)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, Hashable):
-                continue  # SafeLoader reports an unhashable key itself
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' appears twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
-# YAML 1.1 reads 1e-3 as a string (it wants 1.0e-3); read it as the number everyone means.
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def _parse_yaml(text: str, where: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        allowed = (
-            "each key once per mapping" if "appears twice" in problem else "YAML as shown in study/sweep/space_file.py"
-        )
-        raise UsageError(f"{where}: {at}: malformed YAML: {problem}, allowed: {allowed}") from None

@@ -83,6 +83,11 @@ class Space:
             space["seed"] = tune.grid_search(list(self.seeds)) if len(self.seeds) > 1 else self.seeds[0]
         return space
 
+    @property
+    def draws(self) -> bool:
+        """Whether a trial draws any value (a sampled domain): only then do num_samples repeats differ."""
+        return any(kind in SAMPLED for _, (kind, _) in self._domains())
+
     def varied_keys(self) -> list[str]:
         """Run settings that take more than one value across the trials, in the file's order."""
         base = self.base_config().model_dump()

@@ -11,9 +11,11 @@ reports the prefix's epochs again, marked `shared_prefix`, and trains on from th
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,11 @@ import torch
 from ray import tune
 
 from study import metrics as m
+from study.errors import REFUSED_WRITES, StorageError
 from study.sweep.board import progress_sender
 from study.sweep.prefix import SharingPlan, TrialPrefix
 from study.sweep.spaces import trial_config
-from study.train import Corpus, Trainer, check_identity, read_state, run_identity, save_state, set_threads
+from study.train import Corpus, Trainer, read_state, run_identity, save_state, set_threads
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -59,9 +62,8 @@ def train_trial(
         # A corrupted or another trial's checkpoint raises StateError: the trial fails with that
         # one line as its error instead of training on a state that is not its own.
         where = f"{checkpoint.path}/{CHECKPOINT_FILE}"
-        with checkpoint.as_directory() as folder:
-            state, saved_identity = read_state(Path(folder) / CHECKPOINT_FILE, where)
-        check_identity(saved_identity, identity, where)
+        with checkpoint.as_directory() as folder:  # intact, this trial's, shaped as its trainer's state
+            state, _ = read_state(Path(folder) / CHECKPOINT_FILE, where, expected=identity, fits=trainer)
         trainer.load_state_dict(state)
         if shared:
             shared.resume(state)
@@ -81,4 +83,21 @@ def train_trial(
         extra = shared.after_epoch(trainer, result) if shared else {}  # stores the prefix after its last epoch
         with tempfile.TemporaryDirectory() as folder:
             save_state(Path(folder) / CHECKPOINT_FILE, {**trainer.state_dict(), **extra}, identity)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+            with checkpoint_refused(trainer.epoch):
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+@contextlib.contextmanager
+def checkpoint_refused(epoch: int) -> Iterator[None]:
+    """A checkpoint that storage refuses (full, read-only, over quota) ends the trial with one line
+    naming its folder in storage: Ray's own error would be a pyarrow traceback. Its earlier
+    checkpoints stay, so `--resume` continues it from the last one once there is space again."""
+    try:
+        yield
+    except OSError as error:
+        cause = REFUSED_WRITES.get(error.errno)
+        if cause is None:
+            raise
+        where = tune.get_context().get_storage().trial_fs_path
+        kept = "its earlier checkpoints are kept: free space, then --resume continues it from the last"
+        raise StorageError.about(where, cause, kept, what=f"checkpoint of epoch {epoch}") from None

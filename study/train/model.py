@@ -54,11 +54,20 @@ class LSTMLanguageModel(nn.Module):
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """x: [batch, steps] ids -> logits [steps, batch, vocab] (time-major) and the state after the last step."""
-        hidden = self.input_dropout(self.embedding(x.t()))  # [steps, batch, hidden]
-        hidden, state = self.lstm(hidden, state)
+        hidden, state = self.features(x, state)
+        return self.softmax(hidden).view(x.shape[1], x.shape[0], -1), state
+
+    def features(self, x: torch.Tensor, state: State, sparse: bool = False) -> tuple[torch.Tensor, State]:
+        """x: [batch, steps] ids -> the softmax layer's input [steps * batch, hidden] (time-major rows)
+        and the state after the last step. `sparse`: the embedding's gradient comes as a sparse tensor
+        of one row per word of x, not as a dense [vocab, hidden] one (the fast step's)."""
+        if sparse:
+            embedded = nn.functional.embedding(x.t(), self.embedding.weight, sparse=True)
+        else:
+            embedded = self.embedding(x.t())  # [steps, batch, hidden]
+        hidden, state = self.lstm(self.input_dropout(embedded), state)
         steps, batch, _ = hidden.shape
-        logits = self.softmax(self.output_dropout(hidden).view(steps * batch, self.hidden_size))
-        return logits.view(steps, batch, -1), state
+        return self.output_dropout(hidden).view(steps * batch, self.hidden_size), state
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

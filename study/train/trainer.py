@@ -7,6 +7,9 @@ the batch, state carried through an epoch and reset at its start, validation wit
 shape, test with batch size 1. `Trainer` is what a Ray Tune trial drives: `run_epoch()` returns the
 epoch's metrics dict, `state_dict()` / `load_state_dict()` save and restore everything a resumed run
 needs to continue exactly as if it had never stopped; `train_steps(n)` times an epoch's first n steps.
+Each step is `take_step`: the config's `step` path, fast (study/train/fast.py) or plain (here: autograd
+through nn.Linear and sequence_cost, Clipper.clip_, torch.optim.SGD), the reference the fast one is
+tested against. Evaluation is the plain forward on either path.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from study import metrics as m
 from study.config import Precision, TrainConfig
 from study.train.clipping import Clipper
 from study.train.data import Corpus, batches, batchify, num_batches
+from study.train.fast import FastStep
 from study.train.model import LSTMLanguageModel, State
 from study.train.schedules import make_schedule
 
@@ -170,6 +174,7 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.parameters, lr=config.learning_rate, momentum=config.momentum)
         self.schedule = make_schedule(config)
         self.clipper = Clipper.from_config(config, self.device, self.steps_per_epoch, config.epochs)
+        self.fast_step = FastStep(self.model, self.optimizer, self.clipper, config) if config.step == "fast" else None
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
         self.diverged = False
@@ -252,14 +257,9 @@ class Trainer:
             lr = self.schedule.rate(self.epoch, self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            logits, state = forward(model, x, detach(state), config.precision)
-            cost, loss = sequence_cost(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            cost.backward()
-            self.clipper.clip_(self.parameters)
-            self.optimizer.step()
+            loss, state = self.take_step(x, y, detach(state))
             self.step += 1
-            total += loss.detach()
+            total += loss
             if index in progress_steps:
                 seen = total.item()
                 if not math.isfinite(seen):
@@ -275,6 +275,20 @@ class Trainer:
                         )
                     )
         return total.item(), steps * words_per_step
+
+    def take_step(self, x: torch.Tensor, y: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One optimizer step on the window x, y [batch, steps] from `state` (cut from its graph), at
+        the optimizer's learning rate: forward, cost, backward, clipping, update, by the config's
+        `step` path. Returns the window's summed cross-entropy (0-d, on the device) and the state after it."""
+        if self.fast_step is not None:
+            return self.fast_step(x, y, state)
+        logits, state = forward(self.model, x, state, self.config.precision)
+        cost, loss = sequence_cost(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        cost.backward()
+        self.clipper.clip_(self.parameters)
+        self.optimizer.step()
+        return loss.detach(), state
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs: restoring it continues exactly as if never stopped."""
