@@ -269,6 +269,8 @@ def test_quiet_ray_drops_only_the_messages_the_view_replaces(monkeypatch, caplog
     names = ("ray.tune.tune", "ray._private.authentication.authentication_token_setup", "tensorboardX.x2num")
     loggers = [logging.getLogger(name) for name in names]
     before = [list(logger.filters) for logger in loggers]
+    for logger in loggers:  # as in a fresh process: an earlier in-process sweep may have quieted them already
+        logger.filters[:] = []
     record = lambda logger, text: logger.makeRecord(logger.name, logging.WARNING, __file__, 1, text, (), None)
     tune_log, token, board = loggers
     with caplog.at_level(logging.WARNING):  # what quiet_ray keeps off the console, before it does

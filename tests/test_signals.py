@@ -83,10 +83,17 @@ def test_after_tunes_run_a_ctrl_c_during_the_report_is_not_ignored(stops):
         deliver(signal.SIGINT)
 
 
-def test_uninstall_gives_the_signals_back(stops):
-    stops.uninstall()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert "TUNE_DISABLE_SIGINT_HANDLER" not in os.environ
+def test_uninstall_gives_the_signals_back():
+    """The handlers from before `install`, whatever they were (an earlier in-process Tune run may
+    have left its own SIGINT handler behind)."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    tune_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    requests = StopRequests()
+    requests.install()
+    assert signal.getsignal(signal.SIGINT) is not before[signal.SIGINT]
+    requests.uninstall()
+    assert {signum: signal.getsignal(signum) for signum in before} == before
+    assert os.environ.get("TUNE_DISABLE_SIGINT_HANDLER") == tune_env
 
 
 def test_ctrl_c_while_ray_and_torch_load_is_one_line_and_130():
