@@ -75,11 +75,6 @@ def timed_windows(trainers: list[Trainer], steps: int, windows: int) -> list[lis
     return [own[1:] for own in timed]
 
 
-def training_speeds(trainers: list[Trainer], steps: int, windows: int) -> list[list[float]]:
-    """Words/s of each trainer's timed windows (see timed_windows)."""
-    return [[window.words_per_sec for window in own] for own in timed_windows(trainers, steps, windows)]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m study.bench", allow_abbrev=False, description=__doc__.split("\n\n")[0]

@@ -5,6 +5,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from study import metrics as m
@@ -110,3 +111,27 @@ def tiny_text() -> dict[str, str]:
 def sweep_args(space, storage, data_dir, address: str, *extra: str) -> list[str]:
     """The command line of a sweep of `space` into `storage` on the Ray at `address`."""
     return [str(space), "--storage", str(storage), "--data-dir", str(data_dir), "--address", address, *extra]
+
+
+def record_turns(trainers, setting: str) -> list:
+    """Wrap each trainer's train_steps to append its config's `setting` to the list returned, in
+    the order the trainers are called (to see the bench take turns)."""
+    order = []
+    for trainer in trainers:
+        steps = trainer.train_steps
+        trainer.train_steps = lambda count, steps=steps, trainer=trainer: (
+            order.append(getattr(trainer.config, setting)) or steps(count)
+        )
+    return order
+
+
+def sweep_until_first_result(args: list[str], experiment: Path, timeout: float) -> subprocess.Popen:
+    """`python -m study.sweep *args` started, returned once a trial of `experiment` has reported an
+    epoch (or `timeout` seconds passed)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "study.sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + timeout
+    while not list(experiment.glob("*/result.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return process

@@ -20,7 +20,7 @@ from study.sweep.cli import closing_summary, exit_code, options_from_args, parse
 from study.sweep.tuner import run_sweep
 from study.train.data import load_corpus
 
-from helpers import sweep_args
+from helpers import sweep_args, sweep_until_first_result
 
 SPACE = """
 description: failures
@@ -190,12 +190,7 @@ def test_a_folder_whose_sweep_never_saved_its_state_starts_again(ray_session, ti
 def test_a_second_ctrl_c_still_exits_130_without_a_traceback(ray_session, tiny_corpus_dir, tmp_path):
     space = write_space(tmp_path, epochs=50)
     args = sweep_args(space, tmp_path / "out", tiny_corpus_dir, ray_session)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "study.sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    deadline = time.monotonic() + 120
-    while not list((tmp_path / "out" / "fail").glob("*/result.json")) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    process = sweep_until_first_result(args, tmp_path / "out" / "fail", timeout=120)
     process.send_signal(signal.SIGINT)
     time.sleep(0.3)
     process.send_signal(signal.SIGINT)

@@ -18,6 +18,8 @@ from study.errors import UsageError
 from study.train.data import batches, load_corpus
 from study.train.trainer import Trainer
 
+from helpers import record_turns
+
 EPS = torch.finfo(torch.float32).eps
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
@@ -199,12 +201,7 @@ def test_bench_takes_turns_and_times_cpu_and_page_faults(tiny_corpus_dir):
 
     corpus = load_corpus(tiny_corpus_dir)
     trainers = [Trainer(make_config({"step": step}, preset="test"), corpus) for step in ("plain", "fast")]
-    order = []
-    for trainer in trainers:
-        steps = trainer.train_steps
-        trainer.train_steps = lambda count, steps=steps, trainer=trainer: (
-            order.append(trainer.config.step) or steps(count)
-        )
+    order = record_turns(trainers, "step")
     timed = timed_windows(trainers, steps=2, windows=3)
     assert order == ["plain", "fast"] * 4  # a warm-up pass, then three timed windows each
     for own in timed:

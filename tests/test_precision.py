@@ -7,13 +7,15 @@ import textwrap
 import pytest
 import torch
 
-from study.bench import training_speeds
+from study.bench import timed_windows
 from study.config import make_config
 from study.errors import UsageError
 from study.sweep.space_file import load_space
 from study.train import trainer as train
 from study.train.data import load_corpus
 from study.train.trainer import Trainer
+
+from helpers import record_turns
 
 
 @pytest.fixture(autouse=True)
@@ -121,12 +123,7 @@ def test_bench_rejects_an_unknown_precision_in_one_line():
 
 def test_bench_both_takes_turns_window_by_window(corpus):
     trainers = [tiny_trainer(corpus, precision=precision) for precision in ("fp32", "bf16")]
-    order = []
-    for trainer in trainers:
-        steps = trainer.train_steps
-        trainer.train_steps = lambda count, steps=steps, trainer=trainer: (
-            order.append(trainer.config.precision) or steps(count)
-        )
-    speeds = training_speeds(trainers, steps=2, windows=3)
+    order = record_turns(trainers, "precision")
+    speeds = [[window.words_per_sec for window in own] for own in timed_windows(trainers, steps=2, windows=3)]
     assert order == ["fp32", "bf16"] * 4  # a warm-up pass, then three timed windows each
     assert [len(own) for own in speeds] == [3, 3] and all(speed > 0 for own in speeds for speed in own)

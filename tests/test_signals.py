@@ -22,7 +22,7 @@ from study.sweep.progress import PREFIX_REFUSED, SweepProgress
 from study.sweep.signals import Stopped, StopRequests
 from study.train.data import load_corpus
 
-from helpers import finish, sweep, sweep_args
+from helpers import finish, sweep, sweep_args, sweep_until_first_result
 
 SPACE = """
 description: signals
@@ -128,12 +128,7 @@ def test_a_report_that_fails_after_the_trials_ran_is_exit_1_not_2(monkeypatch, t
 def test_sigterm_stops_a_sweep_like_ctrl_c_with_143_and_the_closing_lines(ray_session, tiny_corpus_dir, tmp_path):
     space = write_space(tmp_path, epochs=50)
     args = sweep_args(space, tmp_path / "out", tiny_corpus_dir, ray_session)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "study.sweep", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    deadline = time.monotonic() + 180
-    while not list((tmp_path / "out" / "signals").glob("*/result.json")) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    process = sweep_until_first_result(args, tmp_path / "out" / "signals", timeout=180)
     process.send_signal(signal.SIGTERM)
     output = finish(process, timeout=180)
     assert process.returncode == 143, output[-3000:]
