@@ -175,4 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from study.loading import loaded
+
+    loaded()  # a Ctrl-C from here on is the bench's to handle (study/loading.py)
     sys.exit(main())

@@ -19,6 +19,7 @@ CORE = {
     "study",
     "study.config",
     "study.labels",
+    "study.loading",
     "study.metrics",
     "study.errors",
     "study.redact",

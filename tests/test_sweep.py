@@ -17,6 +17,7 @@ import pytest
 from ray import tune
 
 from study import metrics as m
+from study.sweep.cli import main
 from study.sweep.tuner import experiment_exists, restored_run_config
 from study.train.data import load_corpus
 
@@ -219,3 +220,15 @@ def test_bad_sweep_arguments_are_one_line(args, named, tmp_path):
         [sys.executable, "-m", "study.sweep", *args, "--storage", str(tmp_path)], capture_output=True, text=True
     )
     assert done.returncode == 2 and named in done.stderr and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_a_dry_run_over_a_sweep_that_never_saved_its_state_starts_nothing(resume, tmp_path, capsys):
+    experiment = tmp_path / "smoke"
+    experiment.mkdir()
+    (experiment / "study.json").write_text('{"space": "smoke"}')  # what a kill before Ray's first save leaves
+    assert main(["smoke", "--dry-run", "--storage", str(tmp_path), *resume]) == 0
+    out = capsys.readouterr().out
+    assert "stopped before Ray saved its state" in out and "a run without --dry-run starts it again" in out
+    assert "starting it again" not in out
+    assert sorted(path.name for path in experiment.iterdir()) == ["study.json"]

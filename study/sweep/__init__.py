@@ -4,8 +4,7 @@ shared prefixes, the live progress view, the time estimate and the cluster's cap
     python -m study.sweep grad_clip --dry-run
 
 What users and benchmarks import is listed here; the modules behind it are the wing's own. They
-load on first use (Ray and torch take seconds): `python -m study.sweep` starts with none of them
-loaded, so that a Ctrl-C while they load ends it in one line (study/sweep/__main__.py).
+load on first use (Ray and torch take seconds), so that importing one part loads no more than it needs.
 """
 
 from importlib import import_module

@@ -150,9 +150,8 @@ def sweep_command(args: argparse.Namespace, stops: StopRequests) -> int:
             f"{redact(options.experiment)} already holds this study: add --resume to continue it, or choose another --storage"
         )
     elif experiment_started(options.experiment):  # killed before Ray saved anything: nothing to lose
-        print(
-            f"{redact(options.experiment)}: a sweep started here and stopped before Ray saved its state; starting it again"
-        )
+        again = "a run without --dry-run starts it again" if args.dry_run else "starting it again"
+        print(f"{redact(options.experiment)}: a sweep started here and stopped before Ray saved its state; {again}")
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not args.verbose:
         quiet_ray()

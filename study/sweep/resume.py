@@ -43,7 +43,8 @@ def to_resume(
     if saved:
         check_unchanged(args, options, study, where)
     else:
-        print(f"{where}: the sweep stopped before Ray saved its state, so nothing is lost; starting it again")
+        again = "a run without --dry-run starts it again" if args.dry_run else "starting it again"
+        print(f"{where}: the sweep stopped before Ray saved its state, so nothing is lost; {again}")
     kept = {flag: study.get(flag) for flag in (*TRIAL_FLAGS, *RESOURCE_FLAGS)}
     unsaid = {flag: value for flag, value in kept.items() if value is not None and getattr(args, flag) is None}
     filled = argparse.Namespace(

@@ -2,6 +2,8 @@
 
 import sys
 
+from study.loading import loaded
 from study.train.cli import main
 
+loaded()  # a Ctrl-C from here on is the command's to handle (study/loading.py)
 sys.exit(main())
