@@ -2,6 +2,7 @@
 store, the search algorithm's holding back, and real sweeps with sharing against the same sweep
 without it: bit for bit the same curves, with workers and the driver killed along the way."""
 
+import json
 import math
 import os
 import pickle
@@ -20,8 +21,18 @@ import study
 from study import metrics as m
 from study.config import make_config
 from study.errors import UsageError
+from study.report.collect import collect
 from study.sweep.cli import main, options_from_args, parse_args, resume_command
-from study.sweep.prefix import REPORTS, PrefixGroup, SharingPlan, TrialPrefix, epochs_saved, prefix_groups, prefix_of
+from study.sweep.prefix import (
+    PREFIX_REFUSED,
+    REPORTS,
+    PrefixGroup,
+    SharingPlan,
+    TrialPrefix,
+    epochs_saved,
+    prefix_groups,
+    prefix_of,
+)
 from study.sweep.prefix_search import PrefixSearch
 from study.sweep.space_file import load_space
 from study.sweep.spaces import trial_config
@@ -31,7 +42,7 @@ from study.train.schedules import LateSettings, late_settings
 from study.train.state import StateError
 from study.train.trainer import Trainer
 
-from helpers import finish, run_cli, tiny_text
+from helpers import fake_experiment, finish, run_cli, tiny_text
 
 TIMING = (m.WORDS_PER_SEC, m.EPOCH_SECONDS)  # the only metrics that differ between identical runs
 COMPARED = (m.LR, m.TRAIN_PPL, m.VALID_PPL, m.TEST_PPL, *m.GRAD_METRICS, m.DIVERGED)
@@ -160,7 +171,7 @@ def run_trial(config, corpus, plan: SharingPlan, trial_id: str = "trial") -> tup
     shared = TrialPrefix(plan, plan.prefix(config), corpus.sha256, trial_id)
     reports = shared.take(trainer)
     for result in trainer.epochs():
-        result = {**result, m.SHARED_PREFIX: False}
+        result = shared.noted({**result, m.SHARED_PREFIX: False})
         shared.after_epoch(trainer, result)
         reports.append(result)
     return trainer, reports
@@ -201,13 +212,44 @@ def test_a_prefix_that_fails_its_checks_is_trained_and_stored_anew(tiny_corpus_d
     run_trial(config, corpus, plan)
     path = tmp_path / "prefixes" / f"{prefix.key}.pt"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a torn upload, say
-    with pytest.warns(UserWarning, match=f"{prefix.key}.pt: corrupted"):
+    with pytest.warns(UserWarning, match=f"{prefix.key}.pt: corrupted") as warned:
         _, reports = run_trial(config, corpus, plan)
     assert not any(report[m.SHARED_PREFIX] for report in reports)
+    # The first report says it, for the console (Ray's worker logs, where the warning goes, are not shown).
+    line = reports[0].get(PREFIX_REFUSED, "")
+    assert line.startswith(f"{path}: corrupted") and line.endswith("; not used: training the prefix instead")
+    assert [report.get(PREFIX_REFUSED) for report in reports[1:]] == [None, None]
+    assert [str(warning.message) for warning in warned] == [line]
     stored = plan.load(prefix.key, prefix.identity(corpus.sha256))  # replaced by a good one
-    assert stored["run"]["epoch"] == 2 and untimed(stored["reports"]) == untimed(reports[:2])
+    assert stored["run"]["epoch"] == 2 and untimed(stored["reports"]) == untimed(
+        [{k: v for k, v in report.items() if k != PREFIX_REFUSED} for report in reports[:2]]
+    )
+    _, forked = run_trial(config.model_copy(update={"lr_decay": 0.9}), corpus, plan, "other")
+    assert [report[m.SHARED_PREFIX] for report in forked] == [True, True, False]
+    assert not any(PREFIX_REFUSED in report for report in forked)  # the fork refused nothing
     with pytest.raises(StateError, match="another corpus"):
         plan.load(prefix.key, prefix.identity({"ptb.train.txt": "0" * 64}))
+
+
+@pytest.mark.parametrize("log", ["result.json", "progress.csv"])
+def test_the_report_tables_leave_a_refusal_line_out(tmp_path, log):
+    """A trial's first report may carry PREFIX_REFUSED, a string on that row only: the tables keep
+    their columns and values (the console said it; the table of epochs holds metrics)."""
+    trials = [{"max_grad_norm": 1.0, "seed": 0}, {"max_grad_norm": 5.0, "seed": 0}]
+    plain = collect(str(fake_experiment(tmp_path / "plain", "  max_grad_norm: {grid: [1.0, 5.0]}", trials, 3)))
+    experiment = fake_experiment(tmp_path / "refused", "  max_grad_norm: {grid: [1.0, 5.0]}", trials, 3)
+    line = "s3://***@bucket/r/prefixes/ab12.pt: corrupted, its contents do not match; training the prefix instead"
+    rows = [json.loads(row) for row in (experiment / "t00" / "result.json").read_text().splitlines()]
+    rows[0][PREFIX_REFUSED] = line
+    if log == "result.json":
+        (experiment / "t00" / "result.json").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    else:  # Ray's CSV logger takes its columns from the first report, which has the line
+        (experiment / "t00" / "result.json").unlink()
+        pd.DataFrame(rows).to_csv(experiment / "t00" / "progress.csv", index=False)
+    refused = collect(str(experiment))
+    assert PREFIX_REFUSED not in refused[0] and PREFIX_REFUSED not in refused[1]
+    pd.testing.assert_frame_equal(refused[0], plain[0])
+    pd.testing.assert_frame_equal(refused[1], plain[1], check_dtype=log == "result.json")
 
 
 def test_a_stored_prefix_of_another_shape_is_trained_anew_not_loaded(tiny_corpus_dir, tmp_path):
@@ -266,6 +308,17 @@ def test_prefixes_are_stored_on_s3_storage(tiny_corpus_dir, s3_bucket):
     assert names == [f"{prefix.key}.pt"]  # and no temporary left behind
     _, forked = run_trial(config.model_copy(update={"lr_decay": 0.9}), corpus, plan, "other")
     assert untimed(forked[:2]) == untimed([{**report, m.SHARED_PREFIX: True} for report in reports[:2]])
+    # A torn prefix there is refused in a line that names it without the URI's key and secret.
+    stored = f"bucket/results/study/prefixes/{prefix.key}.pt"
+    with bucket.open_input_stream(stored) as stream:
+        whole = stream.readall()
+    with bucket.open_output_stream(stored) as stream:
+        stream.write(whole[: len(whole) // 2])
+    with pytest.warns(UserWarning) as warned:
+        _, retrained = run_trial(config, corpus, plan, "third")
+    line = retrained[0][PREFIX_REFUSED]
+    assert line.startswith(f"s3://***@bucket/results/study/prefixes/{prefix.key}.pt") and "corrupted" in line
+    assert "key:" not in line and "secret" not in line and str(warned[0].message) == line
 
 
 def noop(config):
@@ -522,6 +575,37 @@ def test_an_errored_prefix_is_trained_by_the_trial_that_waited_for_it(ray_sessio
     waited = epochs[(epochs["learning_rate"] == 1.0) & (epochs["trial_id"] != killer.killed[0])]
     assert len(waited) >= 3 and not waited[m.SHARED_PREFIX].any()  # trained its prefix itself
     assert_same_curves(epochs[epochs["trial_id"] != killer.killed[0]], unshared[1], trials=3)
+
+
+class Refusals(tune.Callback):
+    """The refusal lines of stored prefixes in the trials' reports, as the console view gets them."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if PREFIX_REFUSED in result:
+            self.lines.append(result[PREFIX_REFUSED])
+
+
+@pytest.mark.slow
+def test_a_torn_stored_prefix_is_said_in_a_report_and_trained_anew(ray_session, sharing_space, unshared, tmp_path):
+    space, data = sharing_space
+    options = options_from_args(parse_args([str(space), "--storage", str(tmp_path)]))
+    folder = Path(options.experiment) / "prefixes"
+    folder.mkdir(parents=True)
+    for key in options.sharing().groups:  # what a torn upload of an earlier sweep left, say
+        (folder / f"{key}.pt").write_bytes(b"PK\x03\x04 torn")
+    refusals = Refusals()
+    run_sweep(options, load_corpus(data), [refusals])
+    said = {line.split(": ")[0]: line for line in refusals.lines}  # by file: each said once, by the trial training it
+    assert len(refusals.lines) == len(said) == 2
+    assert sorted(said) == sorted(f"{folder}/{key}.pt" for key in options.sharing().groups)
+    assert all(": corrupted" in line and line.endswith(": training the prefix instead") for line in said.values())
+    trials, epochs = tables(Path(options.experiment))
+    assert PREFIX_REFUSED not in epochs and len(trials) == 4
+    assert_same_curves(epochs, unshared[1])
+    assert_each_prefix_trained_once(epochs)
 
 
 @pytest.mark.slow

@@ -54,6 +54,7 @@ def trial(trial_id: str, max_grad_norm: float, status: str = "PENDING", epoch: i
         config={"max_grad_norm": max_grad_norm, "lr_decay": 0.5, "seed": 0},
         last_result={} if epoch is None else {m.EPOCH: epoch},
         path=f"/results/{trial_id}",
+        error_file=None,  # Ray's error.txt in the trial's local folder, once it has failed
     )
 
 
@@ -191,6 +192,25 @@ def test_finished_trials_get_the_status_the_report_gives_them():
     states = {trial_id: v.state for trial_id, v in view.views.items()}
     assert states == {"a": m.COMPLETED, "b": m.STOPPED_EARLY, "c": m.DIVERGED, "d": m.ERROR}
     assert set(states.values()) <= set(m.STATUSES) and view.counts()["done"] == 4 and not view.interrupted
+
+
+def test_a_failed_trial_is_its_errors_last_line_not_rays_traceback(tmp_path):
+    """Ray's own traceback per failure is off in the compact view (study/sweep/board.py); the view
+    says the last line of the trial's error.txt when Tune retries it and when it gives up."""
+    view, out = tracker("lines", Clock())
+    failing = trial("a", 1.0, status="RUNNING", epoch=2)
+    failing.error_file = str(tmp_path / "error.txt")
+    (tmp_path / "error.txt").write_text(
+        "Failure # 1 (occurred at 2026-12-02_14-00-00)\nTraceback (most recent call last):\n  File ...\n"
+        "study.errors.StorageError: /mnt/s3://KEY:SECRET@bucket/x: checkpoint of epoch 3 not written (no space left on the device)\n"
+    )
+    view.on_trial_recover(0, [], failing)
+    view.on_trial_error(0, [], failing)
+    lines = [line for line in out.getvalue().splitlines() if "max_grad_norm=1" in line]
+    cause = "(study.errors.StorageError: /mnt/s3://***@bucket/x: checkpoint of epoch 3 not written (no space left on the device))"
+    assert lines[0].endswith(f": failed {cause}; retrying from its last checkpoint"), lines
+    assert lines[1].endswith(f": error after its retries {cause}, see /results/a"), lines
+    assert "Traceback" not in out.getvalue() and "SECRET" not in out.getvalue()
 
 
 def test_interrupted_sweep_says_what_is_kept_and_lost_and_how_to_resume(tmp_path):

@@ -4,12 +4,14 @@ the plain one, however often the sweep was resumed."""
 
 import json
 import shlex
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from study.sweep.cli import main, options_from_args, parse_args
 from study.sweep.resume import resume_command, to_resume
+from study.sweep.state_copy import COPY_FILE
 from study.sweep.tuner import LAYOUT
 from study.train.data import load_corpus
 
@@ -98,3 +100,29 @@ def test_the_resume_command_needs_no_flag_that_study_json_keeps(saved_sweep, tin
         str(tiny_corpus_dir),
         "--resume",
     ]
+
+
+def test_a_torn_state_of_rays_without_a_whole_copy_is_refused_not_started_over(saved_sweep, tiny_corpus_dir, capsys):
+    """A disk that filled tore Ray's experiment state, and study kept no copy of it (a sweep begun
+    before it did, say): --resume says so in one line, exit 1, instead of letting Ray begin anew;
+    with a whole copy, a dry run still changes nothing (the sweep itself puts the copy back)."""
+    space, experiment = saved_sweep
+    state = experiment / "experiment_state-2026-01-01_00-00-00.json"
+    state.write_text('{"trial_data": [["{\\"trial_id\\": \\"00000\\", \\"sta')
+    before = folder_bytes(experiment)
+    args = [str(space), "--storage", str(experiment.parent), "--data-dir", str(tiny_corpus_dir), "--resume"]
+    assert main([*args, "--dry-run"]) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: {experiment}: Ray's saved state of the sweep is cut short ({state.name}: ")
+    assert err.count("\n") == 1 and "cannot continue it" in err and "Traceback" not in out + err
+    assert folder_bytes(experiment) == before
+    with tarfile.open(experiment / COPY_FILE, "w") as archive:
+        archive.add(tiny_corpus_dir / "ptb.test.txt", arcname=state.name)  # not a state: no whole copy either
+    assert main([*args, "--dry-run"]) == 1 and "holds no whole experiment state" in capsys.readouterr().err
+    whole = experiment.parent / state.name
+    whole.write_text('{"trial_data": []}')
+    with tarfile.open(experiment / COPY_FILE, "w") as archive:
+        archive.add(whole, arcname=state.name)
+    before = folder_bytes(experiment)
+    assert main([*args, "--dry-run"]) == 0
+    assert folder_bytes(experiment) == before

@@ -19,7 +19,8 @@ from study import metrics as m
 from study.errors import UsageError
 from study.sweep import tuner
 from study.sweep.cli import exit_code, options_from_args, parse_args
-from study.sweep.progress import PREFIX_REFUSED, SweepProgress
+from study.sweep.prefix import PREFIX_REFUSED
+from study.sweep.progress import SweepProgress
 from study.sweep.signals import Stopped, StopRequests
 from study.train.data import load_corpus
 

@@ -9,8 +9,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
@@ -107,11 +109,10 @@ def small_disk(tmp_path):
 
 def fill(folder: Path) -> None:
     """Take every free byte of the filesystem of `folder`."""
-    with open(folder / "filler", "wb") as filler:
+    with open(folder / "filler", "wb", buffering=0) as filler:  # unbuffered: closing it writes nothing more
         try:
             while True:
                 filler.write(b"\0" * 65536)
-                filler.flush()
         except OSError:
             pass
 
@@ -242,3 +243,55 @@ def test_a_sweep_whose_storage_fills_errors_its_trials_in_one_line_and_resumes_o
     assert not any(result.error for result in resumed) and len(resumed) == 2
     epochs = json.loads((disk / "fills" / "study.json").read_text())["epochs"]
     assert all(result.metrics["epoch"] == epochs for result in resumed)
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_storage_is_still_full_at_its_end_is_one_line_and_resumes_once_freed(
+    ray_session, tmp_path, small_disk, tiny
+):
+    """The disk fills two epochs into the trials and stays full: the trials error, and Ray's last
+    uploads of its state tear its files. One line (exit 1, no traceback); then, with space again,
+    --resume continues the same trials from their checkpoints, as study's whole copy of Ray's state
+    names them, instead of starting the sweep over."""
+    disk = small_disk(tmp_path / "disk", size="4m")
+    space = tmp_path / "full.yaml"
+    space.write_text(
+        "description: storage that stays full\npreset: test\nfixed: {epochs: 40, max_words: 0}\n"
+        "vary:\n  max_grad_norm: {grid: [1.0, 5.0]}\nseeds: [0]\nscheduler: {grace_period: 40}\n"
+        "resources: {cpus_per_trial: 1}\n"
+    )
+    args = [str(space), "--storage", str(disk), "--data-dir", str(tiny), "--address", ray_session]
+    experiment = disk / "full"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "study.sweep", *args, "--max-failures", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while sweep.poll() is None and time.monotonic() < deadline:
+        logs = [path.read_text() for path in experiment.glob("train_trial_*/result.json")]
+        if len(logs) == 2 and all(log.count("\n") >= 2 for log in logs):  # uploaded with their checkpoints
+            break
+        time.sleep(0.05)
+    fill(disk)
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 1, out[-3000:] + err[-3000:]
+    assert "Traceback" not in out + err, err[-3000:]  # Ray's own for each failed trial included
+    said = [line for line in out.splitlines() if "error after its retries (" in line]
+    assert len(said) == 2 and all("(no space left on the device)" in line for line in said), out[-3000:]
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {experiment}"), err[-3000:]
+    assert "(no space left on the device)" in errors[0] and errors[0].endswith("--resume"), errors[0]
+    trials = sorted(path.name for path in experiment.glob("train_trial_*"))
+
+    (disk / "filler").unlink()
+    resumed = run("study.sweep", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stdout + resumed.stderr
+    assert sorted(path.name for path in experiment.glob("train_trial_*")) == trials  # the same trials, not new ones
+    table = pd.read_parquet(experiment / "trials.parquet")
+    assert set(table["status"]) == {"completed"} and table["epochs_run"].tolist() == [40, 40]
+    epochs = pd.read_parquet(experiment / "epochs.parquet")
+    assert epochs.groupby("trial_id")["epoch"].apply(list).tolist() == [list(range(1, 41))] * 2
+    for trial in trials:  # went on from a checkpoint: its first epochs were not trained again
+        reports = [json.loads(line) for line in (experiment / trial / "result.json").read_text().splitlines()]
+        assert [report["epoch"] for report in reports].count(1) == 1, trial

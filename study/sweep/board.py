@@ -68,5 +68,8 @@ def quiet_ray() -> None:
     still prints its configuration box; the snapshot warning repeats every few seconds otherwise."""
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     os.environ["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
+    # A trial's failure is a traceback on the console otherwise; the view says its last line, and
+    # the traceback stays in the trial's error.txt.
+    os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "0"
     for name, starts in _RAY_NOISE.items():
         logging.getLogger(name).addFilter(lambda record, starts=starts: not record.getMessage().startswith(starts))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from ray import tune
 
 from study import metrics as m
+from study.redact import redact
 from study.sweep.estimate import format_duration
 
 if TYPE_CHECKING:
@@ -36,6 +37,18 @@ def exception_line(error: BaseException) -> str:
     """The last line of an exception (a trial's error): for a StateError, the refusal naming the checkpoint."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
+
+
+def latest_error(trial) -> str:
+    """The last line of the trial's latest error, from the error.txt Ray keeps in its local folder
+    (text: its pickled twin is never loaded); the traceback stays there."""
+    path = trial.error_file
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace") if path else ""
+    except OSError:
+        text = ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return redact(lines[-1]) if lines else "no error text kept"
 
 
 def closing_summary(options: SweepOptions, results: tune.ResultGrid, resume_with: str | None = None) -> str:

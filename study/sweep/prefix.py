@@ -32,9 +32,14 @@ import pyarrow.fs as pafs
 
 from study import metrics as m
 from study.config import TrainConfig
+from study.redact import redact
 from study.storage import child_location, filesystem_and_path, write_bytes
 from study.sweep.spaces import SAMPLED, Space, trial_config
 from study.train import StateError, decode_state, encode_state, late_settings
+
+# In a trial's report after it refused its stored shared prefix (corrupted, or another run's) and
+# trained the epochs itself: the refusal, one line with credentials masked (the console says it).
+PREFIX_REFUSED = "prefix_refused"
 
 FOLDER = "prefixes"  # inside the experiment folder
 REPORTS = "prefix_reports"  # in a trial's checkpoint: its reports of the prefix epochs, until it stores them
@@ -157,6 +162,7 @@ class TrialPrefix:
 
     prefix = TrialPrefix(plan, plan.prefix(config), corpus.sha256, trial_id)
     reports = prefix.take(trainer)             # a fresh trial: [] when none is stored
+    report = prefix.noted(report)              # each trained epoch's: says a refused stored prefix, once
     extra = prefix.after_epoch(trainer, report)   # after each trained epoch; into the checkpoint
     """
 
@@ -165,16 +171,19 @@ class TrialPrefix:
         self.identity = prefix.identity(data_sha256)
         self.reports: list[dict[str, Any]] = []  # this trial's reports of the prefix epochs it trained
         self.replace = False  # the stored prefix failed its checks: store this trial's instead
+        self.refused: str | None = None  # why, one line with credentials masked, until a report says it
 
     def take(self, trainer) -> list[dict[str, Any]]:
         """Load the stored prefix into `trainer` and return its epochs' reports, `shared_prefix`
         unless this very trial trained them (it stored them, then lost its checkpoint: a resumed
         sweep); [] with `trainer` untouched when none is stored or it fails its checks (then this
-        trial trains it)."""
+        trial trains it, and its next report says why: see `noted`)."""
         try:
             found = self.plan.load(self.prefix.key, self.identity, fits=trainer)
         except StateError as error:
-            warnings.warn(f"{error}: training the prefix instead", stacklevel=2)
+            # The location may be s3://KEY:SECRET@…: masked here, in the worker's log and on the console.
+            self.refused = redact(f"{error}: training the prefix instead")
+            warnings.warn(self.refused, stacklevel=2)
             self.replace = True
             return []
         if found is None:
@@ -182,6 +191,15 @@ class TrialPrefix:
         trainer.load_state_dict(found["run"])
         shared = found.get("trial") != self.trial_id
         return [{**report, m.SHARED_PREFIX: shared} for report in found["reports"]]
+
+    def noted(self, report: dict[str, Any]) -> dict[str, Any]:
+        """`report` with the refusal of the stored prefix under PREFIX_REFUSED, in the first report
+        after `take` refused it: the driver's console prints it (study/sweep/progress.py), where the
+        warning reaches only Ray's worker logs. The report's tables leave the key out."""
+        if self.refused is None:
+            return report
+        refused, self.refused = self.refused, None
+        return {**report, PREFIX_REFUSED: refused}
 
     def resume(self, state: dict[str, Any]) -> None:
         """A trial restored from its own checkpoint takes back its reports of the prefix so far."""
@@ -193,7 +211,8 @@ class TrialPrefix:
         besides the run state, so that a retry from it can still store the prefix."""
         if trainer.epoch > self.prefix.epochs:
             return {}
-        self.reports.append({key: value for key, value in report.items() if _plain(value)})
+        # Not the refusal: the trials that fork from this prefix refused nothing.
+        self.reports.append({key: value for key, value in report.items() if _plain(value) and key != PREFIX_REFUSED})
         if trainer.epoch < self.prefix.epochs and not trainer.diverged:
             return {REPORTS: list(self.reports)}
         # Only a trial that reported every prefix epoch itself (not one restored from a checkpoint

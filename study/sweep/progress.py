@@ -35,17 +35,16 @@ from rich.table import Table
 from study import metrics as m
 from study.config import flatten_cases
 from study.labels import setting_label
-from study.sweep.closing import interruption_lines
+from study.redact import redact
+from study.sweep.closing import interruption_lines, latest_error
 from study.sweep.estimate import Calibration, brackets, expected_epochs, format_duration
+from study.sweep.prefix import PREFIX_REFUSED
 from study.sweep.spaces import Space, trial_config
 
 POLL_SECONDS = 1.0  # how often the driver asks the board
 REFRESH_SECONDS = 0.5  # live view redraws at most this often
 LINE_SECONDS = 120.0  # plain output: a status line this often
 BAR_WIDTH = 12  # characters
-# In a trial's report after it refused its stored shared prefix (corrupted, or another run's) and
-# trained the epochs itself: the refusal, one line with credentials masked.
-PREFIX_REFUSED = "prefix_refused"
 STOP_SIGNAL = ("ray.tune.tune", "Stop signal received")  # Ray Tune's logger and its warning at Ctrl-C
 STOPPING = (
     "Stopping ({how}): Ray ends the trials and saves the sweep's state one last time, then the report is "
@@ -212,11 +211,14 @@ class SweepProgress(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._view(trial).state = m.ERROR
-        self._say(f"{self._view(trial).label}: error after its retries, see {trial.path}")
+        self._say(
+            f"{self._view(trial).label}: error after its retries ({latest_error(trial)}), see {redact(trial.path)}"
+        )
         self._draw(force=True)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
-        self._view(trial).state = m.PENDING  # its worker died; Tune restarts it from its checkpoint
+        self._view(trial).state = m.PENDING  # its worker died or it raised; Tune restarts it from its checkpoint
+        self._say(f"{self._view(trial).label}: failed ({latest_error(trial)}); retrying from its last checkpoint")
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self.ended = self.clock()

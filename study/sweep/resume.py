@@ -20,6 +20,7 @@ from typing import Any
 
 from study.errors import UsageError
 from study.redact import redact
+from study.sweep.state_copy import plan_repair
 from study.sweep.tuner import LAYOUT, SweepOptions, experiment_exists, experiment_started, read_study_file
 from study.train import Corpus
 
@@ -42,6 +43,7 @@ def to_resume(
     study = read_study_file(options.experiment)
     if saved:
         check_unchanged(args, options, study, where)
+        plan_repair(options.experiment)  # a torn state of Ray's with no whole copy: said now, not started over
     else:
         again = "a run without --dry-run starts it again" if args.dry_run else "starting it again"
         print(f"{where}: the sweep stopped before Ray saved its state, so nothing is lost; {again}")

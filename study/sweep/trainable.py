@@ -80,6 +80,8 @@ def train_trial(
             "device": device.type,
             m.SHARED_PREFIX: False,
         }
+        if shared:
+            result = shared.noted(result)  # the first report after refusing the stored prefix says why
         extra = shared.after_epoch(trainer, result) if shared else {}  # stores the prefix after its last epoch
         with tempfile.TemporaryDirectory() as folder:
             save_state(Path(folder) / CHECKPOINT_FILE, {**trainer.state_dict(), **extra}, identity)

@@ -29,6 +29,7 @@ from study.sweep.estimate import Calibration, calibration, estimate_lines, trial
 from study.sweep.prefix import SharingPlan, epochs_saved
 from study.sweep.prefix_search import PrefixSearch
 from study.sweep.spaces import Space
+from study.sweep.state_copy import StateCopy, restore_whole_state
 from study.sweep.trainable import train_trial, trial_threads
 from study.tables import STUDY_FILE
 from study.train import Corpus
@@ -299,7 +300,17 @@ def run_sweep(
     `resume_with`: the command that continues it, kept in study.json for the report."""
     if not options.resume:
         write_study_file(options, corpus, resume_with)
-    results = build_tuner(options, corpus, callbacks).fit()
+    elif note := restore_whole_state(options.experiment):  # Ray's last save was cut short: a full disk, say
+        print(note, flush=True)
+    keeper = StateCopy(options.experiment)  # a whole copy of Ray's state, put back by a later --resume
+    with keeper.watching_ray():
+        try:
+            results = build_tuner(options, corpus, [*(callbacks or []), keeper]).fit()
+        except Exception as failure:  # a torn error.pkl in Ray's results, say: one line if storage refused
+            keeper.check_saved(resume_with, failure)
+            raise
+    if note := keeper.check_saved(resume_with):
+        print(note, flush=True)
     try:
         write_report(options.experiment)
     except (ReportFailed, UsageError) as error:  # a damaged state or a full disk after the trials ran: not bad input
