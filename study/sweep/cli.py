@@ -39,7 +39,7 @@ from study.sweep.closing import closing_summary, exit_code
 from study.sweep.credentials import credentials_to_environment, keep_out_of_runtime_env
 from study.sweep.limits import PTB_VOCABULARY, check_memory, check_trial_count, machine_memory
 from study.sweep.progress import SweepProgress
-from study.sweep.resume import check_resumed_corpus, resume_command, to_resume
+from study.sweep.resume import check_resumed_corpus, resume_command, starts_again, to_resume
 from study.sweep.signals import Stopped, StopRequests
 from study.sweep.space_file import load_space
 from study.sweep.tuner import (
@@ -150,8 +150,10 @@ def sweep_command(args: argparse.Namespace, stops: StopRequests) -> int:
             f"{redact(options.experiment)} already holds this study: add --resume to continue it, or choose another --storage"
         )
     elif experiment_started(options.experiment):  # killed before Ray saved anything: nothing to lose
-        again = "a run without --dry-run starts it again" if args.dry_run else "starting it again"
-        print(f"{redact(options.experiment)}: a sweep started here and stopped before Ray saved its state; {again}")
+        print(
+            f"{redact(options.experiment)}: a sweep started here and stopped before Ray saved its state; "
+            f"{starts_again(args)}"
+        )
     address = args.address or os.environ.get("RAY_ADDRESS")
     if not args.verbose:
         quiet_ray()

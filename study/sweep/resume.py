@@ -29,6 +29,11 @@ TRIAL_FLAGS = ("epochs", "seeds", "num_samples")
 RESOURCE_FLAGS = ("cpus_per_trial", "gpus_per_trial")
 
 
+def starts_again(args: argparse.Namespace) -> str:
+    """What happens to a folder whose sweep stopped before Ray saved its state."""
+    return "a run without --dry-run starts it again" if args.dry_run else "starting it again"
+
+
 def to_resume(
     args: argparse.Namespace, options: SweepOptions, options_from_args: Callable[[argparse.Namespace], SweepOptions]
 ) -> tuple[argparse.Namespace, SweepOptions, dict[str, Any]]:
@@ -45,8 +50,7 @@ def to_resume(
         check_unchanged(args, options, study, where)
         plan_repair(options.experiment)  # a torn state of Ray's with no whole copy: said now, not started over
     else:
-        again = "a run without --dry-run starts it again" if args.dry_run else "starting it again"
-        print(f"{where}: the sweep stopped before Ray saved its state, so nothing is lost; {again}")
+        print(f"{where}: the sweep stopped before Ray saved its state, so nothing is lost; {starts_again(args)}")
     kept = {flag: study.get(flag) for flag in (*TRIAL_FLAGS, *RESOURCE_FLAGS)}
     unsaid = {flag: value for flag, value in kept.items() if value is not None and getattr(args, flag) is None}
     filled = argparse.Namespace(
