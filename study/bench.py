@@ -8,8 +8,10 @@ time (batch size 1, the whole set), and the share of the machine's matmul peak i
 word (forward, and backward for inputs and weights). Beside wall time, each window's process CPU time
 and minor page faults (getrusage): on a shared machine CPU time drifts far less than wall time, and
 the faults count the fresh memory a step touches. `--step both` trains the plain (autograd
-reference) and the fast step, `--precision both` an fp32 and a bf16 run, all taking turns window by
-window, so that every run sees the same drift of a shared machine's speed; the ratios are printed.
+reference) and the fast step, `--step all` adds the fast step on PyTorch ops in place of its
+compiled softmax kernel (fast-ops), `--precision both` an fp32 and a bf16 run, all taking turns
+window by window, so that every run sees the same drift of a shared machine's speed; the ratios are
+printed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from study.errors import UsageError, main_with_errors
 from study.train import Trainer, available_cpus, load_corpus, select_device, set_threads
 
 PRECISIONS = {"fp32": ("fp32",), "bf16": ("bf16",), "both": ("fp32", "bf16")}  # --precision -> the runs timed
-STEPS = {"fast": ("fast",), "plain": ("plain",), "both": ("plain", "fast")}  # --step -> the runs timed
+STEPS = {"fast": ("fast",), "plain": ("plain",), "both": ("plain", "fast"), "all": ("plain", "fast-ops", "fast")}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -90,8 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--step",
-        help="the training step: fast, plain (the autograd reference), or both taking turns window by window "
-        "(default: the preset's, fast)",
+        help="the training step: fast, plain (the autograd reference), both taking turns window by window, "
+        "or all: both and the fast step on PyTorch ops instead of its compiled kernel (default: the preset's, fast)",
     )
     return parser.parse_args(argv)
 
@@ -124,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_corpus(args.data_dir)
     runs = [(precision, path) for precision in PRECISIONS[args.precision] for path in STEPS[step]]
     trainers = [
-        Trainer(make_config({"precision": precision, "step": path}, preset=args.preset), corpus, device)
+        Trainer(
+            make_config({"precision": precision, "step": path.removesuffix("-ops")}, preset=args.preset),
+            corpus,
+            device,
+            row_kernel=path == "fast",
+        )
         for precision, path in runs
     ]
     steps = min(args.steps, trainers[0].steps_per_epoch)
@@ -132,9 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     flops_per_word = 3 * trainers[0].model.flops_per_word()
     labelled = len(runs) > 1
     both = {"fp32": "", "bf16": ", bf16 autocast", "both": ", fp32 and bf16"}[args.precision]
-    paths = {"fast": "", "plain": ", plain step", "both": ", plain and fast steps"}[step]
+    paths = {"fast": "", "plain": ", plain step", "both": ", plain and fast steps", "all": ", plain and fast steps"}[
+        step
+    ]
     turns = ", taking turns window by window" if labelled else ""
     print(f"preset {args.preset} on {device}, {args.threads} threads{both}{paths}{turns}")
+    kernels = {t.fast_step.softmax.kernel is not None for t, (_, path) in zip(trainers, runs) if path == "fast"}
+    if kernels:
+        print(
+            "fast step's softmax: " + ("compiled row kernel" if kernels == {True} else "PyTorch ops (no kernel here)")
+        )
     for precision in PRECISIONS[args.precision]:
         peak = matmul_peak(device, DTYPES[precision])
         for path in STEPS[step]:
@@ -155,8 +169,12 @@ def main(argv: list[str] | None = None) -> int:
             f"matmul peak{label}: {peak / 1e9:.1f} GFLOP/s ({str(DTYPES[precision]).removeprefix('torch.')} 2048x2048)"
         )
     if len(STEPS[step]) > 1:
+        pairs = [("plain", "fast")] + ([("plain", "fast-ops"), ("fast-ops", "fast")] if step == "all" else [])
         for precision in PRECISIONS[args.precision]:
-            print(ratio_line(f"fast / plain {precision}", timed[precision, "plain"], timed[precision, "fast"]))
+            for slower, faster in pairs:
+                print(
+                    ratio_line(f"{faster} / {slower} {precision}", timed[precision, slower], timed[precision, faster])
+                )
     if len(PRECISIONS[args.precision]) > 1:
         for path in STEPS[step]:
             name = "bf16 / fp32" + (f" {path}" if len(STEPS[step]) > 1 else "")

@@ -2,7 +2,9 @@
 Clipper.clip_, torch.optim.SGD): one step at a time from the same state, along a trajectory.
 
 Multi-step runs cannot stay equal (at learning rate 1 the training is chaotic: 1e-7 apart at the
-start, 10% apart by step 50), so every step starts both from the plain trainer's exact state."""
+start, 10% apart by step 50), so every step starts both from the plain trainer's exact state.
+The fast step's tests run on both of its softmax paths: the compiled row kernel (where it builds)
+and PyTorch ops."""
 
 import copy
 import itertools
@@ -16,6 +18,7 @@ import torch
 from study.config import make_config
 from study.errors import UsageError
 from study.train.data import batches, load_corpus
+from study.train.softmax_rows import row_kernel
 from study.train.trainer import Trainer
 
 from helpers import record_turns
@@ -30,6 +33,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=["kernel", "ops"])
+def kernel(request) -> bool:
+    """Whether the fast step takes the compiled row kernel (True) or PyTorch ops (False)."""
+    if request.param == "kernel" and row_kernel(torch.device("cpu")) is None:
+        pytest.skip("the compiled row kernel does not build here (see the warning); the ops path is tested")
+    return request.param == "kernel"
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -50,12 +61,12 @@ def update_error(before: torch.Tensor, fast: torch.Tensor, plain: torch.Tensor) 
     return beyond.max().item() / step
 
 
-def one_step_each(config, corpus, windows: int, device: str = "cpu") -> list[dict]:
+def one_step_each(config, corpus, windows: int, device: str = "cpu", kernel: bool = True) -> list[dict]:
     """Walk a plain trainer over the first `windows` training windows, state carried; before each
     step put a fast trainer into the plain one's exact state (weights, optimizer, clipping record,
     random state: the same dropout) and take the same step with both. Per step: what they agree on."""
     plain = Trainer(config.model_copy(update={"step": "plain"}), corpus, device)
-    fast = Trainer(config.model_copy(update={"step": "fast"}), corpus, device)
+    fast = Trainer(config.model_copy(update={"step": "fast"}), corpus, device, row_kernel=kernel)
     captured = {}
     clip, decide = plain.clipper.clip_, fast.clipper.decide_
 
@@ -108,18 +119,18 @@ def assert_agree(steps: list[dict], tolerance: float = 1e-6) -> None:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_one_fast_step_agrees_with_the_plain_one_on_real_ptb_clipped_or_not(ptb_dir, device):
+def test_one_fast_step_agrees_with_the_plain_one_on_real_ptb_clipped_or_not(ptb_dir, device, kernel):
     """The small preset (TF's), fp32, the first 8 windows of PTB: the cost, every gradient (the
     embedding's sparse one summed into dense rows), the recorded global norm and the update within
     1e-6 relative; the same clipping decision, on steps clipped at c = 5 and steps that are not."""
-    steps = one_step_each(make_config(preset="small"), load_corpus(ptb_dir), windows=8, device=device)
+    steps = one_step_each(make_config(preset="small"), load_corpus(ptb_dir), windows=8, device=device, kernel=kernel)
     assert {step["clipped"][0] for step in steps} == {True, False}  # both kinds happened
     assert_agree(steps)
 
 
 @pytest.mark.parametrize("mode", ["global_norm", "value", "per_tensor_norm", "adaptive", "none"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_every_clip_mode_with_or_without_momentum_and_dropout_agrees(tiny_corpus_dir, mode, momentum):
+def test_every_clip_mode_with_or_without_momentum_and_dropout_agrees(tiny_corpus_dir, mode, momentum, kernel):
     """The tiny corpus (13 words: every window repeats words, so the sparse rows must sum them) with
     dropout; thresholds that clip some steps. With momentum the buffers come from the plain steps
     before, through the saved state, so both paths read the same optimizer state."""
@@ -128,20 +139,20 @@ def test_every_clip_mode_with_or_without_momentum_and_dropout_agrees(tiny_corpus
         {"clip_mode": mode, "max_grad_norm": threshold, "momentum": momentum, "keep_prob": 0.7, "clip_percentile": 50},
         preset="test",
     )
-    steps = one_step_each(config, load_corpus(tiny_corpus_dir), windows=6)
+    steps = one_step_each(config, load_corpus(tiny_corpus_dir), windows=6, kernel=kernel)
     assert_agree(steps)
     if mode != "none":
         assert any(step["clipped"][0] for step in steps)
 
 
-def test_bf16_fast_step_takes_the_bias_gradient_in_float32(ptb_dir):
+def test_bf16_fast_step_takes_the_bias_gradient_in_float32(ptb_dir, kernel):
     """bf16 runs the products in bfloat16 on both paths, so their gradients differ at bfloat16's
     precision; the fast path's bias gradient comes from the float32 gradient of the logits, and is
     nearer the fp32 step's than autocast's, which sums the bfloat16 one."""
     corpus = load_corpus(ptb_dir)
     config = make_config(preset="small")
-    reference = one_step_each(config, corpus, windows=3)
-    low = one_step_each(config.model_copy(update={"precision": "bf16"}), corpus, windows=3)
+    reference = one_step_each(config, corpus, windows=3, kernel=kernel)
+    low = one_step_each(config.model_copy(update={"precision": "bf16"}), corpus, windows=3, kernel=kernel)
     for exact, step in zip(reference, low):
         assert step["cost"] <= 1e-3 and step["norm"] <= 2e-2
         for fp32, fast, plain in zip(exact["plain_grads"], step["fast_grads"], step["plain_grads"]):
@@ -152,10 +163,10 @@ def test_bf16_fast_step_takes_the_bias_gradient_in_float32(ptb_dir):
         assert fast_error < plain_error / 2, (fast_error, plain_error)
 
 
-def test_the_fast_step_allocates_no_large_buffer_per_step(ptb_dir):
+def test_the_fast_step_allocates_no_large_buffer_per_step(ptb_dir, kernel):
     """After a warm-up, a fast step at the small preset touches no fresh memory: a new [400, 10000]
     float32 buffer alone would fault 4,096 pages of 4 kB in."""
-    trainer = Trainer(make_config(preset="small"), load_corpus(ptb_dir))
+    trainer = Trainer(make_config(preset="small"), load_corpus(ptb_dir), row_kernel=kernel)
     windows = batches(trainer.train_data, trainer.config.num_steps)
     state = trainer.model.initial_state(trainer.config.batch_size)
     for x, y in itertools.islice(windows, 3):
@@ -193,7 +204,7 @@ def test_bench_on_a_missing_gpu_or_an_unknown_step_is_one_line():
         assert done.returncode == 2
         assert done.stderr == "error: --device cuda: no CUDA device is available; use --device cpu or auto\n"
     done = subprocess.run([sys.executable, "-m", "study.bench", "--step", "quick"], capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr == "error: --step quick: choose one of fast, plain, both\n"
+    assert done.returncode == 2 and done.stderr == "error: --step quick: choose one of fast, plain, both, all\n"
 
 
 def test_bench_takes_turns_and_times_cpu_and_page_faults(tiny_corpus_dir):

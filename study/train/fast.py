@@ -7,7 +7,9 @@ large allocation per step.
 The plain step (Trainer's reference: autograd through nn.Linear, sequence_cost, Clipper.clip_,
 torch.optim.SGD) and this one compute the same cost, gradients, norms, clipping decisions and update
 within float32 rounding (tests/test_fast_step.py holds them to 1e-6 on real PTB batches). What differs:
-- the softmax layer and the cost are one autograd node on buffers allocated once (softmax.py);
+- the softmax layer and the cost are one autograd node on buffers allocated once (softmax.py),
+  on the CPU through a compiled row kernel where it builds (softmax_rows.py; `row_kernel=False`
+  or STUDY_ROW_KERNEL=off: PyTorch ops);
 - the embedding's gradient is sparse: the rows of the window's words, summed per word (sgd.py);
 - the global norm is the dense gradient's, exactly: squared_norms for the dense gradients, float64
   row norms for the embedding's summed rows, each word counted once;
@@ -20,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from study.config import TrainConfig
-from study.train import clipping
+from study.train import clipping, softmax_rows
 from study.train.model import LSTMLanguageModel, State
 from study.train.sgd import EmbeddingRows, row_squares, sgd_
 from study.train.softmax import SoftmaxCost
@@ -32,7 +34,12 @@ class FastStep:
     clip_ does)."""
 
     def __init__(
-        self, model: LSTMLanguageModel, optimizer: torch.optim.SGD, clipper: clipping.Clipper, config: TrainConfig
+        self,
+        model: LSTMLanguageModel,
+        optimizer: torch.optim.SGD,
+        clipper: clipping.Clipper,
+        config: TrainConfig,
+        row_kernel: bool = True,
     ):
         words = config.batch_size * config.num_steps
         self.model, self.optimizer, self.clipper = model, optimizer, clipper
@@ -40,7 +47,8 @@ class FastStep:
         self.parameters = model.trainable_parameters()
         if self.parameters[0] is not model.embedding.weight:
             raise ValueError("the fast step expects the embedding first among the trainable parameters")
-        self.softmax = SoftmaxCost(model.softmax, words, config.batch_size, config.precision)
+        kernel = softmax_rows.row_kernel(model.softmax.weight.device) if row_kernel else None
+        self.softmax = SoftmaxCost(model.softmax, words, config.batch_size, config.precision, kernel)
         self.rows = EmbeddingRows(model.embedding.weight, words)
         own = {id(model.softmax.weight), id(model.softmax.bias)}
         self.autograd_parameters = [p for p in self.parameters if id(p) not in own]  # .grad from backward

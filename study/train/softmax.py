@@ -15,6 +15,11 @@ products in bfloat16 (W cast into a bfloat16 buffer, G cast once for both backwa
 still takes the bias gradient from the float32 G, where autocast's path sums the bfloat16 one
 (1e-3 relative error).
 
+With the compiled row kernel (softmax_rows.py, where it builds: the fast step passes it on the
+CPU), one call does the bias, the softmax, the cost, G and the bias gradient's sums row by row while
+the row is in cache, where the ops below stream the whole buffer through memory once each; in
+bf16 it reads the bfloat16 products and writes G over them, so no float32 logits exist at all.
+
 W and b are not inputs of the autograd node: their gradients go straight into buffers that are
 their parameters' `.grad`, so autograd neither allocates nor copies them. Only H's gradient flows on.
 """
@@ -25,22 +30,31 @@ import torch
 from torch import nn
 
 from study.config import Precision
+from study.train.softmax_rows import RowKernel
 
 
 class SoftmaxCost:
     """The softmax layer `linear` and the cost of windows of `words` words from `batch_size`
     sequences, with its buffers; each backward makes two of them `linear.weight.grad` and `.bias.grad`."""
 
-    def __init__(self, linear: nn.Linear, words: int, batch_size: int, precision: Precision):
+    def __init__(
+        self, linear: nn.Linear, words: int, batch_size: int, precision: Precision, kernel: RowKernel | None = None
+    ):
         self.weight, self.bias = linear.weight, linear.bias  # [vocab, hidden], [vocab] float32
+        self.kernel = kernel
         self.batch_size = batch_size
         self.scale = 1.0 / batch_size  # d cost / d summed cross-entropy
         vocab, hidden = self.weight.shape
         device = self.weight.device
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # of the three products
-        self.logits = torch.empty(words, vocab, device=device)  # float32: logits, then softmax, then G
-        self.rows = torch.arange(words, device=device)  # [words] row index of each target
-        self.ones = torch.ones(words, device=device)  # [words] for the bias gradient's column sums
+        if kernel is None or self.dtype == torch.float32:
+            self.logits = torch.empty(words, vocab, device=device)  # float32: logits, then softmax, then G
+        if kernel is None:
+            self.rows = torch.arange(words, device=device)  # [words] row index of each target
+            self.ones = torch.ones(words, device=device)  # [words] for the bias gradient's column sums
+        else:
+            self.bias_sums = torch.empty(vocab, device=device, dtype=torch.float64)  # the kernel's column sums of G
+            self.row = torch.empty(vocab, device=device)  # the kernel's float32 row for bf16
         if self.dtype == torch.bfloat16:
             self.products = torch.empty(words, vocab, device=device, dtype=self.dtype)  # H·Wᵀ, then G
             self.low_weight = torch.empty(vocab, hidden, device=device, dtype=self.dtype)  # W
@@ -57,6 +71,8 @@ class SoftmaxCost:
     @torch.no_grad()
     def forward_(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Fill the buffers with G = softmax - one-hot; return the summed cross-entropy (0-d float32)."""
+        if self.kernel is not None:
+            return self._kernel_forward(hidden, targets)
         logits = self.logits
         if self.dtype == torch.bfloat16:
             self.low_weight.copy_(self.weight)
@@ -78,6 +94,18 @@ class SoftmaxCost:
             self.products.copy_(logits)  # G in bfloat16, for both backward products
         return summed
 
+    def _kernel_forward(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = targets.to(torch.int64).contiguous()  # the kernel reads raw int64 ids
+        self.bias_sums.zero_()
+        if self.dtype == torch.bfloat16:
+            self.low_weight.copy_(self.weight)
+            torch.mm(hidden, self.low_weight.t(), out=self.products)
+            summed = self.kernel.bfloat16(self.products, self.bias, targets, self.bias_sums, self.row)
+        else:
+            torch.mm(hidden, self.weight.t(), out=self.logits)
+            summed = self.kernel.float32(self.logits, self.bias, targets, self.bias_sums)
+        return torch.tensor(summed, dtype=torch.float32)
+
     @torch.no_grad()
     def backward_(self, hidden: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """Write dW and db into their buffers, the parameters' .grad; return dH [words, hidden_size] in hidden's dtype.
@@ -93,7 +121,9 @@ class SoftmaxCost:
         # db = (G summed over the words) / batch, from the float32 G. fp32: torch's sum, pairwise; a
         # matrix-vector product, twice as fast, loses ~4x more where p - 1 cancels p (2e-7 relative),
         # which is nothing beside bf16's own 4e-3, so bf16 takes it.
-        if self.dtype == torch.bfloat16:
+        if self.kernel is not None:  # summed in float64 by the kernel, rounded once
+            self.bias_grad.copy_(self.bias_sums.mul_(grad.double() * self.scale))
+        elif self.dtype == torch.bfloat16:
             torch.mv(self.logits.t(), self.ones, out=self.bias_grad).mul_(grad * self.scale)
         else:
             torch.sum(self.logits, 0, out=self.bias_grad).mul_(grad * self.scale)

@@ -154,6 +154,7 @@ class Trainer:
         corpus: Corpus,
         device: torch.device | str = "cpu",
         progress: Callable[[EpochProgress], None] | None = None,
+        row_kernel: bool = True,  # the fast step's compiled softmax kernel where it builds (False: PyTorch ops)
     ):
         self.config = config
         self.device = torch.device(device)
@@ -174,7 +175,9 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.parameters, lr=config.learning_rate, momentum=config.momentum)
         self.schedule = make_schedule(config)
         self.clipper = Clipper.from_config(config, self.device, self.steps_per_epoch, config.epochs)
-        self.fast_step = FastStep(self.model, self.optimizer, self.clipper, config) if config.step == "fast" else None
+        self.fast_step = None
+        if config.step == "fast":
+            self.fast_step = FastStep(self.model, self.optimizer, self.clipper, config, row_kernel)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer steps taken
         self.diverged = False
