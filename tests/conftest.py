@@ -31,6 +31,20 @@ def tiny_corpus_dir(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.fixture
+def compiled_rows():
+    """The fast step's compiled softmax row kernel (study/train/softmax_rows.py); skips the test where
+    it is switched off (STUDY_ROW_KERNEL=off) or cannot be built, since the ops path runs there."""
+    import torch
+
+    from study.train.softmax_rows import row_kernel
+
+    built = row_kernel(torch.device("cpu"))
+    if built is None:
+        pytest.skip("the compiled row kernel is off or does not build here (see the warning)")
+    return built
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for every test that needs it, with a fixed CPU count; stopped at the end."""

@@ -15,14 +15,6 @@ from study.train.softmax_rows import SWITCH, row_kernel
 CPU = torch.device("cpu")
 
 
-@pytest.fixture
-def kernel():
-    built = row_kernel(CPU)
-    if built is None:
-        pytest.skip("the compiled row kernel is off or does not build here (see the warning)")
-    return built
-
-
 def layers(precision: str, kernel, words: int = 40, vocab: int = 1000, hidden: int = 16):
     """(ops path, kernel path) over one nn.Linear: the same W and b."""
     torch.manual_seed(0)
@@ -36,8 +28,8 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("spread", [1.0, 60.0])  # 60: logits hundreds of nats apart, p(target) ~ 0 in float32
-def test_the_kernel_agrees_with_the_ops_path(kernel, precision, spread):
-    ops, fast = layers(precision, kernel)
+def test_the_kernel_agrees_with_the_ops_path(compiled_rows, precision, spread):
+    ops, fast = layers(precision, compiled_rows)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     hidden = (torch.randn(40, 16) * spread).to(dtype)
     targets = torch.randint(0, 1000, (40,))
@@ -61,19 +53,19 @@ def test_the_kernel_agrees_with_the_ops_path(kernel, precision, spread):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_a_nan_or_infinite_logit_gives_a_nonfinite_cost_on_both_paths(kernel, precision, bad):
+def test_a_nan_or_infinite_logit_gives_a_nonfinite_cost_on_both_paths(compiled_rows, precision, bad):
     """Divergence is the trainer's to record from the cost: neither path raises or hides it."""
-    for layer in layers(precision, kernel):
+    for layer in layers(precision, compiled_rows):
         hidden = torch.randn(40, 16, dtype=layer.dtype)
         hidden[7, 3] = bad
         assert not torch.isfinite(layer.forward_(hidden, torch.randint(0, 1000, (40,))))
 
 
-def test_a_target_outside_the_vocabulary_is_refused_and_nothing_is_written(kernel):
+def test_a_target_outside_the_vocabulary_is_refused_and_nothing_is_written(compiled_rows):
     logits, bias_sums = torch.randn(4, 10), torch.zeros(10, dtype=torch.float64)
     before = logits.clone()
     with pytest.raises(IndexError, match="outside the vocabulary of 10 words"):
-        kernel.float32(logits, torch.zeros(10), torch.tensor([1, 2, 10, 3]), bias_sums)
+        compiled_rows.float32(logits, torch.zeros(10), torch.tensor([1, 2, 10, 3]), bias_sums)
     assert torch.equal(logits, before) and not bias_sums.any()
 
 
@@ -103,7 +95,7 @@ def test_where_the_kernel_cannot_be_built_the_fast_step_says_so_once_and_runs(ti
     assert "using PyTorch ops" in done.stderr
 
 
-def test_bench_times_the_kernel_and_the_ops_path_taking_turns(kernel, tiny_corpus_dir):
+def test_bench_times_the_kernel_and_the_ops_path_taking_turns(compiled_rows, tiny_corpus_dir):
     command = [sys.executable, "-m", "study.bench", "--preset", "test", "--data-dir", str(tiny_corpus_dir)]
     command += ["--threads", "1", "--step", "all", "--precision", "both", "--steps", "2", "--windows", "2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)

@@ -54,8 +54,9 @@ class SoftmaxCost:
             self.ones = torch.ones(words, device=device)  # [words] for the bias gradient's column sums
         else:
             self.bias_sums = torch.empty(vocab, device=device, dtype=torch.float64)  # the kernel's column sums of G
-            self.row = torch.empty(vocab, device=device)  # the kernel's float32 row for bf16
         if self.dtype == torch.bfloat16:
+            if kernel is not None:
+                self.row = torch.empty(vocab, device=device)  # the kernel's float32 row
             self.products = torch.empty(words, vocab, device=device, dtype=self.dtype)  # H·Wᵀ, then G
             self.low_weight = torch.empty(vocab, hidden, device=device, dtype=self.dtype)  # W
             self.low_weight_grad = torch.empty(vocab, hidden, device=device, dtype=self.dtype)  # Gᵀ·H
@@ -71,15 +72,16 @@ class SoftmaxCost:
     @torch.no_grad()
     def forward_(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Fill the buffers with G = softmax - one-hot; return the summed cross-entropy (0-d float32)."""
-        if self.kernel is not None:
-            return self._kernel_forward(hidden, targets)
-        logits = self.logits
         if self.dtype == torch.bfloat16:
             self.low_weight.copy_(self.weight)
             torch.mm(hidden, self.low_weight.t(), out=self.products)
-            logits.copy_(self.products)
         else:
-            torch.mm(hidden, self.weight.t(), out=logits)
+            torch.mm(hidden, self.weight.t(), out=self.logits)
+        if self.kernel is not None:
+            return self._kernel_rows(targets)
+        logits = self.logits
+        if self.dtype == torch.bfloat16:
+            logits.copy_(self.products)
         logits.add_(self.bias)  # float32 either way
         target_logits = logits.gather(1, targets[:, None])  # [words, 1]
         largest = logits.amax(dim=1)  # [words]
@@ -94,15 +96,13 @@ class SoftmaxCost:
             self.products.copy_(logits)  # G in bfloat16, for both backward products
         return summed
 
-    def _kernel_forward(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def _kernel_rows(self, targets: torch.Tensor) -> torch.Tensor:
+        """forward_'s rest on the compiled kernel, once the products H·Wᵀ are in their buffer."""
         targets = targets.to(torch.int64).contiguous()  # the kernel reads raw int64 ids
         self.bias_sums.zero_()
         if self.dtype == torch.bfloat16:
-            self.low_weight.copy_(self.weight)
-            torch.mm(hidden, self.low_weight.t(), out=self.products)
             summed = self.kernel.bfloat16(self.products, self.bias, targets, self.bias_sums, self.row)
         else:
-            torch.mm(hidden, self.weight.t(), out=self.logits)
             summed = self.kernel.float32(self.logits, self.bias, targets, self.bias_sums)
         return torch.tensor(summed, dtype=torch.float32)
 
