@@ -1,5 +1,6 @@
 """Fixtures shared by the test modules: the real PTB when the machine has it, a tiny corpus always."""
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,25 @@ def compiled_rows():
     if built is None:
         pytest.skip("the compiled row kernel is off or does not build here (see the warning)")
     return built
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """mount(folder, size): a tmpfs of `size` at `folder` (helpers.read_only makes it read-only),
+    unmounted afterwards; skips where this user cannot mount (not root, or no tmpfs)."""
+    mounted: list[Path] = []
+
+    def mount(folder: Path, size: str = "256k") -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip() or done.returncode}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.fixture(scope="session")

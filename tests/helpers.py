@@ -87,6 +87,10 @@ def fake_experiment(folder: Path, vary: str, trials: list[dict], epochs: int, st
     return folder
 
 
+def read_only(folder: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
+
+
 def tiny_text() -> dict[str, str]:
     """Three splits in PTB's layout (" w w w \\n" lines): 400 / 120 / 120 words of 12 kinds.
 

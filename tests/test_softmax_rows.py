@@ -12,6 +12,8 @@ from torch import nn
 from study.train.softmax import SoftmaxCost
 from study.train.softmax_rows import SWITCH, row_kernel
 
+from helpers import read_only
+
 CPU = torch.device("cpu")
 
 
@@ -93,6 +95,28 @@ def test_where_the_kernel_cannot_be_built_the_fast_step_says_so_once_and_runs(ti
     assert done.stdout.split() == ["None", "None", "True"]
     assert done.stderr.count("the fast step's compiled softmax kernel could not be built (") == 1
     assert "using PyTorch ops" in done.stderr
+
+
+def test_a_read_only_extension_cache_still_gets_the_kernel_built_in_a_temporary_folder(
+    compiled_rows, small_disk, tmp_path
+):
+    """A read-only home (here TORCH_EXTENSIONS_DIR on a read-only tmpfs): the process builds its own
+    copy elsewhere, says nothing, and leaves nothing behind in the temporary folder."""
+    cache = small_disk(tmp_path / "extensions")
+    read_only(cache)
+    script = (
+        "import torch\n"
+        "from study.train.softmax_rows import row_kernel\n"
+        "print(row_kernel(torch.device('cpu')) is not None)\n"
+    )
+    temporary = tmp_path / "temporary"
+    temporary.mkdir()
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(cache), "TMPDIR": str(temporary)}
+    env.pop(SWITCH, None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True"] and done.stderr == ""
+    assert list(temporary.iterdir()) == []
 
 
 def test_bench_times_the_kernel_and_the_ops_path_taking_turns(compiled_rows, tiny_corpus_dir):

@@ -19,7 +19,7 @@ import pytest
 from study.errors import StorageError, main_with_errors
 from study.storage import replacing
 
-from helpers import fake_experiment, tiny_text
+from helpers import fake_experiment, read_only, tiny_text
 
 REFUSALS = [
     (errno.ENOSPC, "no space left on the device"),
@@ -88,25 +88,6 @@ def test_a_command_meeting_a_full_disk_anywhere_says_it_in_one_line(capsys):
             failing(code)()
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """mount(folder, size, read_only=False): a tmpfs of `size` at `folder`, unmounted afterwards;
-    skips where this user cannot mount (not root, or no tmpfs)."""
-    mounted: list[Path] = []
-
-    def mount(folder: Path, size: str = "256k") -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip() or done.returncode}")
-        mounted.append(folder)
-        return folder
-
-    yield mount
-    for folder in reversed(mounted):
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 def fill(folder: Path) -> None:
     """Take every free byte of the filesystem of `folder`."""
     with open(folder / "filler", "wb", buffering=0) as filler:  # unbuffered: closing it writes nothing more
@@ -115,10 +96,6 @@ def fill(folder: Path) -> None:
                 filler.write(b"\0" * 65536)
         except OSError:
             pass
-
-
-def read_only(folder: Path) -> None:
-    subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
 
 
 def run(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

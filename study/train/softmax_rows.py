@@ -9,10 +9,11 @@ headers), with g++ and ninja, into its cache (TORCH_EXTENSIONS_DIR, by default
 ~/.cache/torch_extensions), with a file lock, so that the trials starting together on a node build
 it once; later processes load the built library. Its name carries a digest of the source, the flags
 and this CPU's model and flags: -march=native code never runs on another kind of CPU that shares
-the cache (a home folder on NFS). Where it cannot be built, the fast step runs the same mathematics
-in PyTorch ops (SoftmaxCost's other path) and says why once per process; STUDY_ROW_KERNEL=off
-chooses that path outright. ctypes releases the GIL for the call and passes only raw pointers: the
-callers hand over contiguous CPU tensors of the dtypes named.
+the cache (a home folder on NFS). Where the cache cannot be written (a read-only or full home),
+each process builds its own copy in a temporary folder. Where it cannot be built at all, the fast
+step runs the same mathematics in PyTorch ops (SoftmaxCost's other path) and says why on one line,
+once per process; STUDY_ROW_KERNEL=off chooses that path outright. ctypes releases the GIL for the
+call and passes only raw pointers: the callers hand over contiguous CPU tensors of the dtypes named.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ import os
 import platform
 import shutil
 import subprocess
-import warnings
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
+
+from study.errors import REFUSED_WRITES
 
 SOURCE = Path(__file__).with_name("softmax_rows.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"]
@@ -73,8 +77,6 @@ def row_kernel(device: torch.device) -> RowKernel | None:
 
 @functools.cache
 def _built() -> RowKernel | None:
-    from torch.utils import cpp_extension  # setuptools and the build machinery: only when a step asks
-
     if shutil.which("ninja") is None:  # pip's ninja, where its venv's scripts are not on PATH (a bare .venv/bin/python)
         with contextlib.suppress(ImportError):
             import ninja
@@ -82,15 +84,17 @@ def _built() -> RowKernel | None:
             os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
     source = SOURCE.read_text()
     digest = hashlib.sha256("\n".join([source, *FLAGS, platform.machine(), _cpu()]).encode()).hexdigest()[:16]
+    name = f"study_softmax_rows_{digest}"
     try:
-        path = cpp_extension.load_inline(
-            f"study_softmax_rows_{digest}",
-            source,
-            extra_cflags=FLAGS,
-            is_python_module=False,
-            no_implicit_headers=True,
-        )
-        return RowKernel(ctypes.CDLL(path))
+        try:
+            return RowKernel(ctypes.CDLL(_build(name, source)))
+        except OSError as error:
+            if error.errno not in REFUSED_WRITES:
+                raise
+        # The extension cache cannot be written (a read-only or full home): this process builds its own copy in a
+        # temporary folder; the loaded library outlives the folder.
+        with tempfile.TemporaryDirectory(prefix="study-softmax-rows-") as folder:
+            return RowKernel(ctypes.CDLL(_build(name, source, folder)))
     except (
         OSError,
         RuntimeError,
@@ -99,13 +103,20 @@ def _built() -> RowKernel | None:
         subprocess.SubprocessError,
     ) as error:  # no compiler or ninja, a failed build
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        warnings.warn(
-            f"the fast step's compiled softmax kernel could not be built ({reason}); "
+        print(
+            f"warning: the fast step's compiled softmax kernel could not be built ({reason}); "
             "using PyTorch ops, the same mathematics a little slower",
-            RuntimeWarning,
-            stacklevel=2,
+            file=sys.stderr,
         )
         return None
+
+
+def _build(name: str, source: str, folder: str | None = None) -> str:
+    """The built library's path: torch.utils.cpp_extension's cache, or `folder`."""
+    from torch.utils import cpp_extension  # setuptools and the build machinery: only when a step asks
+
+    options = dict(extra_cflags=FLAGS, is_python_module=False, no_implicit_headers=True, build_directory=folder)
+    return cpp_extension.load_inline(name, source, **options)
 
 
 def _cpu() -> str:
