@@ -144,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     turns = ", taking turns window by window" if labelled else ""
     print(f"preset {args.preset} on {device}, {args.threads} threads{both}{paths}{turns}")
-    kernels = {t.fast_step.softmax.kernel is not None for t, (_, path) in zip(trainers, runs) if path == "fast"}
+    kernels = {t.step_path for t, (_, path) in zip(trainers, runs) if path == "fast"}
     if kernels:
         print(
-            "fast step's softmax: " + ("compiled row kernel" if kernels == {True} else "PyTorch ops (no kernel here)")
+            "fast step's softmax: " + ("compiled row kernel" if kernels == {"fast"} else "PyTorch ops (no kernel here)")
         )
     for precision in PRECISIONS[args.precision]:
         peak = matmul_peak(device, DTYPES[precision])

@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from study.config import make_config
+from study.train import Trainer, load_corpus
 from study.train.softmax import SoftmaxCost
 from study.train.softmax_rows import SWITCH, row_kernel
 
@@ -71,10 +73,16 @@ def test_a_target_outside_the_vocabulary_is_refused_and_nothing_is_written(compi
     assert torch.equal(logits, before) and not bias_sums.any()
 
 
-def test_study_row_kernel_off_chooses_the_ops_path(monkeypatch):
+def test_study_row_kernel_off_chooses_the_ops_path(monkeypatch, tiny_corpus_dir):
     monkeypatch.setenv(SWITCH, "off")
     assert row_kernel(CPU) is None
     assert row_kernel(torch.device("cuda")) is None  # never on a GPU
+    assert Trainer(make_config({}, preset="test"), load_corpus(tiny_corpus_dir)).step_path == "fast-ops"
+    assert Trainer(make_config({"step": "plain"}, preset="test"), load_corpus(tiny_corpus_dir)).step_path == "plain"
+
+
+def test_where_the_kernel_builds_the_trainer_says_it_runs_the_fast_step_on_it(compiled_rows, tiny_corpus_dir):
+    assert Trainer(make_config({}, preset="test"), load_corpus(tiny_corpus_dir)).step_path == "fast"
 
 
 def test_where_the_kernel_cannot_be_built_the_fast_step_says_so_once_and_runs(tiny_corpus_dir, tmp_path):
@@ -85,14 +93,14 @@ def test_where_the_kernel_cannot_be_built_the_fast_step_says_so_once_and_runs(ti
         "from study.train import Trainer, load_corpus\n"
         f"corpus = load_corpus({str(tiny_corpus_dir)!r})\n"
         "trainers = [Trainer(make_config({}, preset='test'), corpus) for _ in range(2)]\n"
-        "print(trainers[0].fast_step.softmax.kernel, trainers[1].fast_step.softmax.kernel)\n"
+        "print(trainers[0].fast_step.softmax.kernel, trainers[1].step_path)\n"
         "print(trainers[0].run_epoch()['train_ppl'] > 0)\n"
     )
     env = {**os.environ, "CXX": "false", "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions")}
     env.pop(SWITCH, None)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["None", "None", "True"]
+    assert done.stdout.split() == ["None", "fast-ops", "True"]
     assert done.stderr.count("the fast step's compiled softmax kernel could not be built (") == 1
     assert "using PyTorch ops" in done.stderr
 

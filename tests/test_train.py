@@ -148,6 +148,7 @@ def test_command_line_run_writes_the_table_and_resumes(tiny_corpus_dir, tmp_path
     )
     assert done.returncode == 0, done.stderr
     assert "Epoch: 2 Learning rate: 0.500" in done.stdout and "Test Perplexity:" in done.stdout
+    assert " steps per epoch, fast step (its softmax " in done.stdout  # which step trains, said at the start
     assert list(pd.read_parquet(table)[m.EPOCH]) == [1, 2]
 
     again = subprocess.run([*base, "--resume", str(state), "--table", str(table)], capture_output=True, text=True)

@@ -25,6 +25,12 @@ from study.train.data import DATA_ENV, load_corpus
 from study.train.state import StateError, check_identity, load_into, read_state, run_identity, save_state
 from study.train.trainer import Trainer, available_cpus, select_device, set_threads
 
+STEP_WORDS = {  # Trainer.step_path, as the start line says it
+    "plain": "plain step",
+    "fast": "fast step (its softmax on the compiled row kernel)",
+    "fast-ops": "fast step (its softmax in PyTorch ops: the compiled kernel is off or does not build here)",
+}
+
 
 def epoch_line(result: dict[str, Any]) -> str:
     """One line per epoch, in the spirit of ptb_word_lm's output."""
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     print(
         f"{preset if saved is None else 'resumed'} run on {device} with {args.threads} threads, "
-        f"{trainer.steps_per_epoch} steps per epoch: {config.model_dump()}"
+        f"{trainer.steps_per_epoch} steps per epoch, {STEP_WORDS[trainer.step_path]}: {config.model_dump()}"
     )
     for result in trainer.epochs():
         print(epoch_line(result))

@@ -183,6 +183,14 @@ class Trainer:
         self.diverged = False
 
     @property
+    def step_path(self) -> str:
+        """Which step trains: 'plain', 'fast' (its softmax on the compiled row kernel) or 'fast-ops'
+        (the fast step where the kernel is off or does not build), as the bench names them."""
+        if self.fast_step is None:
+            return "plain"
+        return "fast" if self.fast_step.softmax.kernel is not None else "fast-ops"
+
+    @property
     def finished(self) -> bool:
         return self.diverged or self.epoch >= self.config.epochs
 
