@@ -13,6 +13,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -177,9 +178,17 @@ def test_a_trial_entry_that_cannot_be_read_is_an_error_trial_with_the_reason(exp
     assert "status 'EXPLODED' is none of PENDING" in broken[ids[1]].problem
     assert "'../../elsewhere' is not a folder inside the experiment" in broken[ids[2]].problem
 
-    table = pd.read_parquet(write_report(str(folder), quiet=True).trials).set_index("trial_id")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no plot squeezed to nothing by odd settings
+        written = write_report(str(folder), quiet=True)
+    table = pd.read_parquet(written.trials).set_index("trial_id")
     assert (table.loc[list(broken), "status"] == "error").all() and (table.loc[list(broken), "epochs_run"] == 0).all()
+    # An unreadable entry has no config: it is an error of no setting, and makes no key look varied.
+    comparison = pd.read_parquet(written.comparison)
+    assert comparison["setting"].tolist() == ["global_norm (max_grad_norm=5)", "value (max_grad_norm=1.5)"]
+    assert comparison["n_trials"].tolist() == [2, 1]
     summary = (folder / "summary.md").read_text()
+    assert "6 trials (2 settings with 1 to 2 seeds; 3 of no known setting: their entries could not be read)" in summary
     assert (
         f"- `unreadable_{torn}`: cannot read its entry in {state_file(folder).name}: entry {torn} is not a pair of JSON objects"
         in summary

@@ -4,6 +4,7 @@ stops marked, no colour bar or "(log)" over nothing. Experiments are written as 
 
 import itertools
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,23 @@ def test_crowded_tick_labels_are_thinned_never_overlapping():
     assert all(a.x1 < b.x0 for a, b in itertools.pairwise(boxes))
     shown = [t.get_text() for t in axes.get_xticklabels()]
     assert shown[0] == "0" and "0.9" in shown and len(shown) < len(values)
+
+
+def test_long_category_labels_turned_upright_leave_the_plot_its_height():
+    """Labels as long as a `cases` group's, too many to lie flat: the figure grows by their height
+    instead of constrained layout squeezing the plot to nothing (it warns and draws garbage then)."""
+    figure = Figure(figsize=(6, 3), layout="constrained")
+    axes = figure.add_subplot()
+    labels = [f"lr_decay={d}, clip_mode=value (max_grad_norm={c})" for d in (0.5, 0.8) for c in (0.25, 1, 5)]
+    axes.imshow([[1.0] * len(labels)] * 2, aspect="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "axes sizes collapsed to zero"
+        place_ticks(axes, {label: i for i, label in enumerate(labels)}, rotate=True)
+        figure.draw_without_rendering()
+    assert axes.get_xticklabels()[0].get_rotation() == 90
+    assert figure.get_figheight() > 3 + 2  # the labels' ~2.5 inches added
+    plot = axes.get_window_extent()
+    assert plot.height / figure.dpi > 1.5  # the plot keeps most of its first height
 
 
 def test_sampled_values_are_points_on_a_value_axis_with_a_colour_bar(tmp_path):

@@ -97,10 +97,15 @@ def place_ticks(axes, ticks: dict[str, float], rotate: bool = False) -> None:
     if not ticks or not _overlapping(axes):
         return
     if rotate:
+        figure = axes.figure
+        height = figure.get_figheight()
         for angle in (30, 90):
             axes.set_xticks(
                 list(ticks.values()), list(ticks.keys()), rotation=angle, ha="right" if angle < 90 else "center"
             )
+            # Turned labels stand taller: the figure grows by their height, so that they never squeeze
+            # the plot itself to nothing (long `cases` labels at 90 degrees take inches).
+            figure.set_figheight(height + _label_height(axes))
             if not _overlapping(axes):
                 return
         return
@@ -110,6 +115,12 @@ def place_ticks(axes, ticks: dict[str, float], rotate: bool = False) -> None:
         if last is None or box.x0 > last.x1 + 4:  # 4 pixels between labels at least
             kept[label], last = x, box
     axes.set_xticks(list(kept.values()), list(kept.keys()))
+
+
+def _label_height(axes) -> float:
+    """The tallest x tick label of `axes`, in inches."""
+    heights = [t.get_window_extent().height for t in axes.get_xticklabels() if t.get_text()]
+    return max(heights, default=0.0) / axes.figure.dpi
 
 
 def _overlapping(axes) -> bool:

@@ -75,7 +75,7 @@ def write_report(
     a summary.md that says what failed, and ReportFailed is raised after."""
     experiment = load_experiment(experiment_dir, storage_filesystem=storage_filesystem)
     location = experiment.location
-    comparison = compare(experiment.trials, experiment.factors)
+    comparison = compare(experiment.placed, experiment.factors)
     grid = pivot(comparison, experiment.factors)
     prov = provenance(experiment)
     failure = None
@@ -122,7 +122,8 @@ def _console_answer(written: Summary) -> str:
 
 
 def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) -> plots.PlotData:
-    epochs, trials = experiment.epochs, experiment.trials
+    trials = experiment.placed
+    epochs = experiment.epochs[experiment.epochs["trial_id"].isin(trials["trial_id"])]
     colour = grid.rows  # max_grad_norm where it varies on its own
     panels = grid.columns if len(grid.columns) >= 1 and grid.frame["_col"].nunique() <= 6 else []
     lines = epochs[
@@ -149,6 +150,7 @@ def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) ->
         grid_high=grid.grid("best_valid_ppl_ci95_high"),
         grid_diverged=grid.grid("n_diverged"),
         grid_trials=grid.grid("n_trials"),
+        grid_errors=grid.grid(f"n_{m.ERROR}"),
         row_title=grid.row_title or "setting",
         column_title=grid.column_title,
         study=experiment.study.get("space") or Path(experiment.location.root).name,

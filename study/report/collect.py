@@ -46,6 +46,12 @@ class Experiment:
     study: dict[str, Any]  # study.json, {} when absent
     factors: list[Factor]
     errors: dict[str, str]  # trial_id -> last line of its error file
+    unreadable: frozenset[str] = frozenset()  # trials whose state entry could not be read: no config, so no setting
+
+    @property
+    def placed(self) -> pd.DataFrame:
+        """The trials with a setting: all but the unreadable, which count as errors and belong to none."""
+        return self.trials[~self.trials["trial_id"].isin(self.unreadable)]
 
 
 def collect(
@@ -95,10 +101,11 @@ def load_experiment(
         trials.loc[shorter, "status"] = m.STOPPED_EARLY
     trials = _order_trial_columns(trials)
 
-    varied = _varied_keys(trials, study_info)
+    unreadable = frozenset(trial.trial_id for trial, _, _ in rows if trial.status == UNREADABLE)
+    varied = _varied_keys(trials[~trials["trial_id"].isin(unreadable)], study_info)
     factors = _factors(varied, groups)
     epochs = _epoch_table(frames, trials, varied)
-    return Experiment(location, trials, epochs, study_info, factors, errors)
+    return Experiment(location, trials, epochs, study_info, factors, errors, unreadable)
 
 
 def flatten_config(config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
@@ -203,7 +210,7 @@ def _order_trial_columns(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _varied_keys(trials: pd.DataFrame, study_info: dict[str, Any]) -> list[str]:
-    """The settings that differ between trials: study.json's list, else inferred from the configs."""
+    """The settings that differ between `trials`: study.json's list, else inferred from their configs."""
     if study_info.get("varied") is not None:
         return [key for key in study_info["varied"] if key in trials]
     return [

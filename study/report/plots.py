@@ -43,6 +43,7 @@ class PlotData:
     grid_high: pd.DataFrame
     grid_diverged: pd.DataFrame  # diverged trials per cell
     grid_trials: pd.DataFrame  # trials per cell
+    grid_errors: pd.DataFrame  # trials per cell that ended in error
     row_title: str
     column_title: str
     # Per epoch and trial: epoch, valid_ppl, diverged, grad metrics, "colour" and "panel" labels.
@@ -99,9 +100,12 @@ def heatmap(data: PlotData) -> Figure:
             if pd.isna(trials):
                 continue  # no trial had this combination
             value, low, high = mean.iat[i, j], data.grid_low.iat[i, j], data.grid_high.iat[i, j]
-            diverged = int(data.grid_diverged.iat[i, j])
+            diverged, errors = int(data.grid_diverged.iat[i, j]), int(data.grid_errors.iat[i, j])
             if math.isnan(value):
-                lines = [f"diverged\n{diverged}/{int(trials)}" if diverged else "no result yet"]
+                if diverged:
+                    lines = [f"diverged\n{diverged}/{int(trials)}"]
+                else:
+                    lines = [f"error\n{errors}/{int(trials)}" if errors else "no result yet"]
             else:
                 lines = [f"{value:.1f}"]
                 if not math.isnan(low):
@@ -119,7 +123,9 @@ def heatmap(data: PlotData) -> Figure:
     subtitle = _interval_words(data.test, "best_valid_ppl", "± half of the ") + (
         " (lower is better)" if values.count() else ""
     )
-    wrapped = textwrap.fill(subtitle, int(figure.get_figwidth() * 11))  # ~11 characters an inch at 10 pt
+    # ~11 characters an inch at 10 pt, over the plot's own width: the row labels and the colour bar
+    # (~1.6 inches with its label) take the rest, and the title is centred over the plot.
+    wrapped = textwrap.fill(subtitle, max(30, int((figure.get_figwidth() - label_width - 1.6) * 11)))
     axes.set_title(f"{data.study}: mean best validation perplexity\n{wrapped}", fontsize=10)
     return figure
 

@@ -132,7 +132,9 @@ def _trials_text(comparison: pd.DataFrame, experiment: Experiment, plan: Plan | 
     how far it is: '64 trials planned (32 settings x 2 seeds), 3 created so far, 0 finished'."""
     n = len(experiment.trials)
     if plan is None or plan.trials == n:
-        return f"{n} trials ({_settings_by_seeds(comparison, experiment)})"
+        unplaced = len(experiment.unreadable)
+        unknown = f"; {unplaced} of no known setting: their entries could not be read" if unplaced else ""
+        return f"{n} trials ({_settings_by_seeds(comparison, experiment)}{unknown})"
     finished = int(experiment.trials["status"].isin(m.FINISHED).sum())
     if plan.per_setting is None:
         shape = "settings drawn per trial"
