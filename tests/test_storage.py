@@ -233,8 +233,8 @@ def test_a_sweep_whose_storage_is_still_full_at_its_end_is_one_line_and_resumes_
     disk = small_disk(tmp_path / "disk", size="4m")
     space = tmp_path / "full.yaml"
     space.write_text(
-        "description: storage that stays full\npreset: test\nfixed: {epochs: 40, max_words: 0}\n"
-        "vary:\n  max_grad_norm: {grid: [1.0, 5.0]}\nseeds: [0]\nscheduler: {grace_period: 40}\n"
+        "description: storage that stays full\npreset: test\nfixed: {epochs: 16, max_words: 0}\n"
+        "vary:\n  max_grad_norm: {grid: [1.0, 5.0]}\nseeds: [0]\nscheduler: {grace_period: 16}\n"
         "resources: {cpus_per_trial: 1}\n"
     )
     args = [str(space), "--storage", str(disk), "--data-dir", str(tiny), "--address", ray_session]
@@ -266,9 +266,9 @@ def test_a_sweep_whose_storage_is_still_full_at_its_end_is_one_line_and_resumes_
     assert "Traceback" not in resumed.stdout + resumed.stderr
     assert sorted(path.name for path in experiment.glob("train_trial_*")) == trials  # the same trials, not new ones
     table = pd.read_parquet(experiment / "trials.parquet")
-    assert set(table["status"]) == {"completed"} and table["epochs_run"].tolist() == [40, 40]
+    assert set(table["status"]) == {"completed"} and table["epochs_run"].tolist() == [16, 16]
     epochs = pd.read_parquet(experiment / "epochs.parquet")
-    assert epochs.groupby("trial_id")["epoch"].apply(list).tolist() == [list(range(1, 41))] * 2
+    assert epochs.groupby("trial_id")["epoch"].apply(list).tolist() == [list(range(1, 17))] * 2
     for trial in trials:  # went on from a checkpoint: its first epochs were not trained again
         reports = [json.loads(line) for line in (experiment / trial / "result.json").read_text().splitlines()]
         assert [report["epoch"] for report in reports].count(1) == 1, trial

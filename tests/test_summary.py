@@ -147,12 +147,12 @@ def test_a_crossed_study_gets_pooled_intervals_and_the_interaction_answered(tmp_
 
 CROSSED = """description: crossed
 preset: test
-fixed: {epochs: 3, max_words: 0}
+fixed: {epochs: 2, max_words: 0}
 vary:
   max_grad_norm: {grid: [0.1, 5.0]}
   lr_decay: {grid: [0.5, 1.0]}
 seeds: [0, 1]
-scheduler: {grace_period: 3}  # no ASHA stop: the model is fitted on the best validation perplexity
+scheduler: {grace_period: 2}  # no ASHA stop: the model is fitted on the best validation perplexity
 resources: {cpus_per_trial: 1}
 """
 

@@ -129,7 +129,7 @@ def test_killed_worker_recovers_from_its_checkpoint_with_the_same_result(ray_ses
     assert hit_epochs[m.VALID_PPL].tolist() == pytest.approx(calm_epochs[m.VALID_PPL].tolist(), abs=1e-6)
 
 
-def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_session, tiny_corpus_dir, tmp_path):
+def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_session, tiny_corpus_dir, tmp_path, capsys):
     space = write_space(tmp_path, "resume", "  max_grad_norm: {grid: [0.5, 1, 2, 5]}", epochs=4, grace=2)
     args = sweep_args(space, tmp_path / "out", tiny_corpus_dir, ray_session)
     first = run_cli(args)
@@ -145,15 +145,15 @@ def test_interrupted_sweep_resumes_without_rerunning_or_duplicating(ray_session,
     assert words[:3] == ["python", "-m", "study.sweep"] and words[3] == str(space) and words[-1] == "--resume"
 
     before = {path: path.read_bytes() for path in experiment.rglob("*") if path.is_file()}
+    # The printed command with a change, in this process (the refusals come before any Ray call).
     for changed, named in ((["--seeds", "0", "1"], "--seeds [0, 1]"), (["--epochs", "9"], "--epochs 9")):
-        refused = subprocess.run([sys.executable, *words[1:], *changed], capture_output=True, text=True)
-        assert refused.returncode == 2 and refused.stderr.startswith(f"error: {named}: --resume continues"), (
-            refused.stderr
-        )
-        assert "trials:" not in refused.stdout  # no plan it would not run
+        assert main([*words[3:], *changed]) == 2
+        refused = capsys.readouterr()
+        assert refused.err.startswith(f"error: {named}: --resume continues"), refused.err
+        assert "trials:" not in refused.out  # no plan it would not run
     space.write_text(space.read_text().replace("grace_period: 2", "grace_period: 3"))
-    refused = subprocess.run([sys.executable, *words[1:]], capture_output=True, text=True)
-    assert refused.returncode == 2 and "changed since the sweep" in refused.stderr
+    assert main(words[3:]) == 2
+    assert "changed since the sweep" in capsys.readouterr().err
     space.write_text(space.read_text().replace("grace_period: 3", "grace_period: 2"))
     assert {path: path.read_bytes() for path in experiment.rglob("*") if path.is_file()} == before
 
