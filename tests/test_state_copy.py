@@ -17,7 +17,7 @@ import pytest
 
 import study.sweep.state_copy as state_copy
 from study.errors import StorageError
-from study.sweep.state_copy import COPY_FILE, StateCopy, StateLost, plan_repair, restore_whole_state
+from study.sweep.state_copy import COPY_FILE, StateCopy, StateLost, plan_repair, read_copy, restore_whole_state
 
 STATE = "experiment_state-2026-01-01_00-00-00.json"
 TRIAL = "train_trial_00000_0_max_grad_norm=1.0000"
@@ -258,3 +258,30 @@ def test_rays_refused_uploads_are_left_to_the_closing_line(sweep, caplog):
                     "Saving experiment state to storage at '/mnt/small/fills' failed with exception: ", exc_info=True
                 )
     assert [record.exc_info[1].errno for record in caplog.records] == [errno.EIO]  # not a full disk: Ray says it
+
+
+def test_an_error_that_rays_last_save_left_out_is_written_into_it_and_the_copy(sweep):
+    """Ray saves a trial whose worker died before Tune stopped it as RUNNING, without its failure
+    (CI saw the report call such a trial running); Tune's on_trial_error says what it is."""
+    _, experiment, trials, keeper = sweep
+    errored = [json.dumps({"trial_id": "00000", "status": "ERROR"}), json.dumps({"num_failures": 1})]
+    keeper.on_trial_error(3, trials, SimpleNamespace(trial_id="00000", get_json_state=lambda: tuple(errored)))
+    keeper.on_experiment_end(trials)
+    for saved in ((experiment / STATE).read_bytes(), read_copy(pafs.LocalFileSystem(), str(experiment))[STATE]):
+        state = json.loads(saved)
+        assert state["trial_data"] == [errored] and state["runner_data"] == {"_iteration": 1}
+
+
+def test_trials_an_interrupted_sweep_leaves_running_and_errors_ray_saved_stay_as_saved(sweep):
+    staging, experiment, trials, keeper = sweep
+    before = (experiment / STATE).read_bytes()
+    keeper.on_experiment_end(trials)  # interrupted: Tune reported no error, its trial stays RUNNING
+    assert (experiment / STATE).read_bytes() == before
+    saved = json.loads(before)
+    saved["trial_data"][0][0] = json.dumps({"trial_id": "00000", "status": "ERROR"})
+    (staging / STATE).write_text(json.dumps(saved))
+    upload(staging, experiment)
+    errored = [saved["trial_data"][0][0], json.dumps({"num_failures": 1, "written": "later"})]
+    keeper.on_trial_error(3, trials, SimpleNamespace(trial_id="00000", get_json_state=lambda: tuple(errored)))
+    keeper.on_experiment_end(trials)  # Ray saved the error itself: nothing rewritten
+    assert json.loads((experiment / STATE).read_bytes()) == saved

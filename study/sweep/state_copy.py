@@ -18,6 +18,10 @@ progress.csv, error.txt: Ray only appends to them) ends inside a line or holds f
 copy. Before Ray's restore, `restore_whole_state` puts the copy back: every file of it when the state
 is torn (the state, the search state and the logs of one moment), else the torn logs. Without a
 copy, a torn state is said in one line (`StateLost`) instead of a sweep started over.
+
+Ray's last save can also miss an error: it re-serialises a trial only when it marks it, and a trial
+whose worker died before Tune stopped it is set to ERROR unmarked, so the state holds it RUNNING.
+`StateCopy` writes the errors Tune reported into that last save at the experiment's end.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ class StateCopy(tune.Callback):
         self.restore_failed: str | None = None  # why Ray could not restore the sweep's state
         self._state_stamp: tuple[int, int] | None = None  # (size, mtime) of the staging state last looked at
         self._saved: str | None = None  # the signature of what the copy holds
+        self._errored: dict[str, list[str]] = {}  # trial id: its saved state, as Tune's on_trial_error saw it
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         if self.restore_failed is not None:  # before any trial starts over: the sweep is left as it was
@@ -78,8 +83,33 @@ class StateCopy(tune.Callback):
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         self._copy(trials)
 
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._errored[trial.trial_id] = list(trial.get_json_state())  # Ray sets ERROR before this call
+
     def on_experiment_end(self, trials: list, **info) -> None:
+        if trials and self.restore_failed is None:
+            self._settle_errors(trials[0].storage)
         self._copy(trials, final=True)
+
+    def _settle_errors(self, storage) -> None:
+        """Write into Ray's last save the errors it left out. Ray re-serialises a trial for its state
+        only when it marks the trial, and it does not mark one whose worker was already gone when
+        the trial was stopped: the save then holds that errored trial as RUNNING, without its
+        failure, and the report calls it running. Only trials that Tune reported as errored are
+        written, with the state Tune gave them then: the trials an interrupted sweep leaves running
+        stay as saved (Tune's clean-up marks them TERMINATED in memory only after its last save)."""
+        staging = Path(storage.experiment_driver_staging_path)
+        states = sorted(staging.glob(STATE_FILES))
+        if not self._errored or not states:
+            return
+        settled = settle_errors(states[-1].read_bytes(), self._errored)
+        if settled is None:
+            return
+        states[-1].write_bytes(settled)
+        try:
+            write_bytes(f"{storage.experiment_fs_path}/{states[-1].name}", settled, storage.storage_filesystem)
+        except StorageError as refused:  # the state there stays as Ray saved it; the closing line says why
+            self.refused = refused
 
     def _copy(self, trials: list, final: bool = False) -> None:
         if not trials or self.restore_failed is not None:
@@ -286,6 +316,26 @@ def read_copy(filesystem: pafs.FileSystem, root: str) -> dict[str, bytes] | None
     if not states or torn_state(files[states[-1]]) is not None:
         raise ValueError("holds no whole experiment state")
     return files
+
+
+def settle_errors(state: bytes, errored: dict[str, list[str]]) -> bytes | None:
+    """Ray's experiment state with the entries of the `errored` trials replaced where it does not
+    hold them as ERROR; None when it holds every one of them so (or cannot be read)."""
+    try:
+        saved = json.loads(state)
+        entries = saved["trial_data"]
+        stale = [i for i, (trial, _) in enumerate(entries) if _stale(json.loads(trial), errored)]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not stale:
+        return None
+    for i in stale:
+        entries[i] = errored[json.loads(entries[i][0])["trial_id"]]
+    return json.dumps(saved).encode()
+
+
+def _stale(trial: dict, errored: dict[str, list[str]]) -> bool:
+    return trial.get("trial_id") in errored and trial.get("status") != "ERROR"
 
 
 def torn_state(text: bytes) -> str | None:
