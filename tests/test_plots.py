@@ -15,14 +15,16 @@ from study.report.axes import numeric_axis, place_ticks
 from study.report.build import _plot_data
 from study.report.collect import load_experiment
 from study.report.comparison import compare, pivot
+from study.report.planned import planned_settings
 
 from helpers import empty_experiment, fake_experiment
 
 
 def plot_data(experiment: Path) -> plots.PlotData:
+    """What write_report draws: the comparison of the trials, laid out with the settings study.json plans."""
     loaded = load_experiment(str(experiment))
     comparison = compare(loaded.trials, loaded.factors)
-    return _plot_data(loaded, comparison, pivot(comparison, loaded.factors))
+    return _plot_data(loaded, comparison, pivot(comparison, loaded.factors, planned_settings(loaded.study)))
 
 
 def test_plots_say_only_what_they_show(tmp_path):
@@ -45,6 +47,22 @@ def test_plots_say_only_what_they_show(tmp_path):
     assert "pooled" in axes.get_title()
     curves = plots.valid_curves(data)
     assert "stopped by ASHA" in [t.get_text() for t in curves.legends[0].get_texts()]
+
+
+def test_the_heatmap_shows_every_planned_setting_and_the_other_plots_only_those_with_trials(tmp_path):
+    # A 3 x 2 plan (YAML's 1 and .inf, the trials' 1.0 and inf) of which Ray has created three settings so far.
+    trials = [{"max_grad_norm": c, "lr_decay": d, "seed": 0} for c, d in ((1.0, 0.5), (1.0, 1.0), (5.0, 0.5))]
+    vary = "  max_grad_norm: {grid: [1, 5, .inf]}\n  lr_decay: {grid: [0.5, 1]}"
+    data = plot_data(fake_experiment(tmp_path / "interim", vary, trials, epochs=2))
+    assert list(data.grid_mean.index) == ["1", "5", "none"] and list(data.grid_mean.columns) == ["0.5", "1"]
+    assert data.grid_trials.to_numpy().tolist() == [[1, 1], [1, 0], [0, 0]]
+    assert data.grid_mean.isna().to_numpy().tolist() == [[False, False], [False, True], [True, True]]
+    texts = [t.get_text() for t in plots.heatmap(data).axes[0].texts]
+    assert texts.count("not started") == 3 and texts.count("110.0") == 3 and "no result yet" not in texts
+    # Curves, colours and the test plot: the created settings only (no line or tick for 'none').
+    assert data.colour_order == ["1", "5"] and data.panel_order == ["0.5", "1"]
+    assert sorted(zip(data.test["max_grad_norm"], data.test["lr_decay"])) == [(1.0, 0.5), (1.0, 1.0), (5.0, 0.5)]
+    assert [t.get_text() for t in plots.test_ppl(data).axes[0].get_xticklabels()] == ["1", "5"]
 
 
 def test_plots_of_an_empty_experiment_have_sane_axes(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 from study import metrics as m
 from study.report import plots
 from study.report.build import write_report
+from study.report.planned import planned_settings
 from study.train.data import load_corpus
 
 from helpers import empty_experiment, fake_experiment, sweep
@@ -191,10 +192,15 @@ def interrupted_early(folder: Path, planned: bool, created: int = 3) -> Path:
     if planned:
         study |= {"planned_trials": 6, "planned_settings": 3, "planned_trial_epochs": 18, "expected_trial_epochs": 15.0}
     (experiment / "study.json").write_text(json.dumps(study))
+    return still_running(experiment, -1)
+
+
+def still_running(experiment: Path, index: int) -> Path:
+    """The experiment with its trial at `index` (in Ray's state) running after its first epoch."""
     state = next(experiment.glob("experiment_state-*.json"))
     entries = json.loads(state.read_text())["trial_data"]
-    running = json.loads(entries[-1][0]) | {"status": "PENDING"}  # Ray saves a running trial as PENDING
-    entries[-1][0] = json.dumps(running)
+    running = json.loads(entries[index][0]) | {"status": "PENDING"}  # Ray saves a running trial as PENDING
+    entries[index][0] = json.dumps(running)
     (experiment / running["relative_logdir"] / "result.json").write_text(
         (experiment / running["relative_logdir"] / "result.json").read_text().splitlines()[0] + "\n"
     )
@@ -222,10 +228,105 @@ def test_an_early_interruption_is_reported_against_the_plan_not_the_trials_ray_c
     assert out[0] == headline and out[2].startswith("Partial experiment: 2 of the 6 planned trials finished")
 
 
-def test_the_grids_say_which_planned_settings_they_leave_out(tmp_path):
+def test_the_grids_show_the_planned_settings_ray_has_not_created_a_trial_of_as_not_started(tmp_path):
     experiment = interrupted_early(tmp_path / "one", planned=True, created=1)
     write_report(str(experiment), quiet=True)
     summary = (experiment / "summary.md").read_text()
-    assert "Only the 1 of 3 planned settings that Ray has created a trial of are shown." in summary
+    assert "The 2 planned settings Ray has not created a trial of yet are marked 'not started'." in summary
+    assert "Only the" not in summary
+    # The one created trial is running: unfinished, not "not started".
+    assert grid_rows(summary, "momentum") == [
+        "| 0 | – (1 unfinished) |",
+        *(f"| {mu} | – (not started) |" for mu in (0.5, 0.9)),
+    ]
     assert "6 trials planned (3 settings x 2 seeds), 1 created so far, 0 finished" in summary
     assert "Status: 1 running, 5 not created yet." in summary
+    assert list(pd.read_parquet(experiment / "comparison.parquet")["momentum"]) == [0.0]
+
+
+def grid_rows(summary: str, by: str) -> list[str]:
+    """The rows of summary.md's grid of best validation perplexity by `by` (its header and rule left out)."""
+    table = summary.split(f"## Best validation perplexity by {by}\n\n")[1].split("\n\n")[1]
+    return table.splitlines()[2:]
+
+
+INTERIM = (
+    "  max_grad_norm: {grid: [1, 5, .inf]}\n  lr_decay: {grid: [0.5, 1]}"  # YAML's 1 and .inf, the trials' 1.0 and inf
+)
+
+
+def interim(folder: Path, vary: str, trials: list[dict], varied: list[str]) -> Path:
+    """A sweep of one seed that Ray has created only `trials` of so far; study.json names the `varied`
+    keys as the sweep writes them (every key the space varies, whether or not its trials differ yet)."""
+    experiment = fake_experiment(folder, vary, trials, epochs=2)
+    study = json.loads((experiment / "study.json").read_text()) | {"varied": varied, "seeds": [0], "num_samples": 1}
+    (experiment / "study.json").write_text(json.dumps(study))
+    return experiment
+
+
+def test_an_interim_grid_has_every_planned_row_and_column_and_the_created_cells_as_they_were(tmp_path):
+    trials = [
+        {"max_grad_norm": 1.0, "lr_decay": 0.5, "seed": 0, "cell": 1.0},
+        {"max_grad_norm": 5.0, "lr_decay": 0.5, "seed": 0, "cell": 3.0},
+        {"max_grad_norm": 1.0, "lr_decay": 1.0, "seed": 0, "cell": 2.0},
+    ]
+    experiment = still_running(interim(tmp_path / "interim", INTERIM, trials, ["max_grad_norm", "lr_decay"]), 1)
+    write_report(str(experiment), quiet=True)
+    summary = (experiment / "summary.md").read_text()
+    # Best validation perplexity 110 + the cell's offset; 5 x 0.5 still running; the rest planned, not created.
+    assert grid_rows(summary, "max_grad_norm x lr_decay") == [
+        "| 1 | 111.0 | 112.0 |",
+        "| 5 | – (1 unfinished) | – (not started) |",
+        "| none | – (not started) | – (not started) |",
+    ]
+    assert "| max_grad_norm \\ lr_decay | 0.5 | 1 |" in summary
+    test = summary.split("## Test perplexity (completed trials)\n\n")[1].split("\n\n")[1].splitlines()[2:]
+    assert test == [
+        "| 1 | 107.0 | 108.0 |",
+        "| 5 | – (1 unfinished) | – (not started) |",
+        "| none | – (not started) | – (not started) |",
+    ]
+    assert "The 3 planned settings Ray has not created a trial of yet are marked 'not started'." in summary
+    assert "6 trials planned (6 settings x 1 seed), 3 created so far, 2 finished" in summary
+    # The answer and the tables: the created settings only.
+    assert "next by mean: max_grad_norm=1, lr_decay=1 (112.0)." in summary and "none" not in summary.split("##")[0]
+    comparison = pd.read_parquet(experiment / "comparison.parquet")
+    assert list(zip(comparison["max_grad_norm"], comparison["lr_decay"])) == [(1.0, 0.5), (1.0, 1.0), (5.0, 0.5)]
+    assert list(comparison["n_trials"]) == [1, 1, 1]
+
+
+CASES = """  clip:
+    cases:
+      - {clip_mode: global_norm, max_grad_norm: 5}
+      - {clip_mode: value, max_grad_norm: 1.7}
+      - {clip_mode: none}"""
+
+
+@pytest.mark.parametrize(
+    "vary, trials, varied, shown",
+    [
+        (  # a drawn domain: no list of settings to show (nor a count of them)
+            "  max_grad_norm: {grid: [1, 5]}\n  learning_rate: {uniform: [0.5, 1.5]}",
+            [{"max_grad_norm": 1.0, "learning_rate": lr, "seed": 0} for lr in (0.7, 1.2)],
+            ["max_grad_norm", "learning_rate"],
+            "",
+        ),
+        (  # cases: counted, not listed; the grids say which they show
+            CASES,
+            [
+                {"clip": {"clip_mode": mode, "max_grad_norm": c}, "seed": 0}
+                for mode, c in (("global_norm", 5.0), ("value", 1.7))
+            ],
+            ["clip_mode", "max_grad_norm"],
+            " Only the 2 of 3 planned settings that Ray has created a trial of are shown.",
+        ),
+    ],
+)
+def test_a_space_with_cases_or_drawn_values_adds_no_planned_settings(tmp_path, vary, trials, varied, shown):
+    experiment = interim(tmp_path / "other", vary, trials, varied)
+    assert planned_settings(json.loads((experiment / "study.json").read_text())) is None
+    write_report(str(experiment), quiet=True)
+    summary = (experiment / "summary.md").read_text()
+    assert "plots and summary failed" not in summary and "(not started)" not in summary
+    assert f"so there are no intervals.{shown}\n" in summary
+    assert len(pd.read_parquet(experiment / "comparison.parquet")) == 2

@@ -49,6 +49,7 @@ from study.redact import redact
 from study.report import plots
 from study.report.collect import Experiment, load_experiment
 from study.report.comparison import Pivot, compare, factor_label, pivot, sampled_keys
+from study.report.planned import planned_settings
 from study.report.provenance import print_provenance, provenance
 from study.report.publish import publish, staging
 from study.report.summary import Summary, summary
@@ -76,7 +77,7 @@ def write_report(
     experiment = load_experiment(experiment_dir, storage_filesystem=storage_filesystem)
     location = experiment.location
     comparison = compare(experiment.placed, experiment.factors)
-    grid = pivot(comparison, experiment.factors)
+    grid = pivot(comparison, experiment.factors, planned_settings(experiment.study))
     prov = provenance(experiment)
     failure = None
     with staging(location) as stage:
@@ -122,10 +123,14 @@ def _console_answer(written: Summary) -> str:
 
 
 def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) -> plots.PlotData:
+    """The heatmap shows every setting of the grid, planned ones Ray has not created too; the
+    curves and the test plot only the settings that have trials."""
     trials = experiment.placed
     epochs = experiment.epochs[experiment.epochs["trial_id"].isin(trials["trial_id"])]
+    created = grid.created
+    shown = set(created["_col"])  # the columns of settings with trials: one panel each
     colour = grid.rows  # max_grad_norm where it varies on its own
-    panels = grid.columns if len(grid.columns) >= 1 and grid.frame["_col"].nunique() <= 6 else []
+    panels = grid.columns if len(grid.columns) >= 1 and len(shown) <= 6 else []
     lines = epochs[
         ["trial_id", m.EPOCH, m.VALID_PPL, m.DIVERGED, m.GRAD_NORM_P50, m.GRAD_NORM_P90, m.CLIP_FRACTION]
     ].copy()
@@ -137,7 +142,7 @@ def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) ->
     lines["colour"] = lines["trial_id"].map(colour_of)
     lines["panel"] = lines["trial_id"].map(panel_of)
     lines["status"] = lines["trial_id"].map(dict(zip(trials["trial_id"], trials["status"])))  # curves mark ASHA stops
-    colour_order = list(dict.fromkeys(grid.frame["_row"])) if colour else ["all"]
+    colour_order = list(dict.fromkeys(created["_row"])) if colour else ["all"]
     thresholds = {}
     if colour is not None and colour.name == "max_grad_norm" and not colour.is_case:
         modes = set(trials["clip_mode"]) if "clip_mode" in trials else {"global_norm"}
@@ -157,10 +162,10 @@ def _plot_data(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot) ->
         epochs=lines,
         colour_title=colour.name if colour else "",
         colour_order=colour_order,
-        panel_order=grid.column_order() if panels else [""],
+        panel_order=[c for c in grid.column_order() if c in shown] if panels else [""],
         panel_title=", ".join(f.name for f in panels),
         thresholds=thresholds,
-        test=grid.frame.assign(x=grid.frame[colour.keys[0]] if numeric_x else grid.frame["_row"]),
+        test=created.assign(x=created[colour.keys[0]] if numeric_x else created["_row"]),
         colour_numeric=numeric_x,
         sampled=colour is not None and bool(set(colour.keys) & sampled_keys(experiment.study)),
     )

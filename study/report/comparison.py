@@ -3,7 +3,9 @@
     python -m study.report results/grad_clip     # writes comparison.parquet from this module's tables
 
 A setting is one combination of the varied keys except the seed; `compare` pools a setting's trials
-(its seeds) and `pivot` lays the settings out as a grid (max_grad_norm down, the rest across).
+(its seeds) and `pivot` lays the settings out as a grid (max_grad_norm down, the rest across). While a
+sweep runs, Ray has created the trials of only some settings: given the planned ones
+(study.report.planned), the pivot shows the others too, as settings of no trial ("not started").
 """
 
 from __future__ import annotations
@@ -165,7 +167,14 @@ class Pivot:
     columns: list[Factor]
     row_title: str
     column_title: str
-    frame: pd.DataFrame  # the comparison, ordered rows first, with "_row" and "_col" labels
+    # The comparison, ordered rows first, with "_row" and "_col" labels; and the planned settings Ray
+    # has not created a trial of yet, in their places: n_trials and the other counts 0, statistics NaN.
+    frame: pd.DataFrame
+
+    @property
+    def created(self) -> pd.DataFrame:
+        """The frame's settings that have trials: what every statistic, curve and answer is drawn from."""
+        return self.frame[self.frame["n_trials"] > 0]
 
     def grid(self, value: str) -> pd.DataFrame:
         table = self.frame.pivot(index="_row", columns="_col", values=value)
@@ -176,13 +185,55 @@ class Pivot:
         return list(dict.fromkeys(ordered["_col"]))
 
 
-def pivot(comparison: pd.DataFrame, factors: list[Factor]) -> Pivot:
-    """max_grad_norm down (when it varies on its own), else the first factor; the rest across."""
+def pivot(comparison: pd.DataFrame, factors: list[Factor], planned: pd.DataFrame | None = None) -> Pivot:
+    """max_grad_norm down (when it varies on its own), else the first factor; the rest across.
+    `planned`: every setting of the study (study.report.planned.planned_settings), a column per key
+    of the factors; those the comparison lacks join the frame as settings without trials."""
     rows = next((f for f in factors if f.name == "max_grad_norm"), factors[0] if factors else None)
     columns = [f for f in factors if f is not rows]
-    frame = _sort(comparison, [f for f in (rows, *columns) if f is not None])
+    frame = _with_planned(comparison, factors, planned)
+    frame = _sort(frame, [f for f in (rows, *columns) if f is not None])
     frame["_row"] = [factor_label(rows, r) if rows else "all trials" for _, r in frame.iterrows()]
     frame["_col"] = [
         ", ".join(factor_label(f, r, bare=len(columns) == 1) for f in columns) or "mean" for _, r in frame.iterrows()
     ]
     return Pivot(rows, columns, rows.name if rows else "", ", ".join(f.name for f in columns), frame)
+
+
+def _with_planned(comparison: pd.DataFrame, factors: list[Factor], planned: pd.DataFrame | None) -> pd.DataFrame:
+    """The comparison and a row for each planned setting it lacks: no trials, so counts 0 and
+    statistics NaN. The plan is read on the factors' keys (a grid of one value is no factor);
+    unchanged without a plan, or with one that lacks a factor's key."""
+    keys = setting_keys(factors)
+    if planned is None or not keys or not set(keys) <= set(planned.columns):
+        return comparison
+    planned = planned[keys].copy()
+    for key in keys:
+        if pd.api.types.is_numeric_dtype(comparison[key]) and not pd.api.types.is_bool_dtype(comparison[key]):
+            planned[key] = [_number(value) for value in planned[key]]
+    # Tuples compare their numbers by value: YAML's 1 is the trials' 1.0, .inf their inf.
+    created = set(comparison[keys].itertuples(index=False, name=None))
+    missing = [row for row in planned.itertuples(index=False, name=None) if row not in created]
+    if not missing:
+        return comparison
+    rows = pd.DataFrame(list(dict.fromkeys(missing)), columns=keys)  # each setting once
+    rows["setting"] = [setting_label(row, keys) for _, row in rows.iterrows()]
+    for column in comparison.columns.drop([*keys, "setting"]):
+        if column.startswith("n_"):
+            rows[column] = 0
+        elif column.endswith("_ci_method"):
+            rows[column] = "none"
+        else:
+            rows[column] = np.nan
+    rows = rows[list(comparison.columns)]
+    return rows if comparison.empty else pd.concat([comparison, rows], ignore_index=True)
+
+
+def _number(value: Any) -> Any:
+    """'1e-3', a string to YAML 1.1 (a number to the sweep's loader), as that number; any other value as is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        return value

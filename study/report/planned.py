@@ -7,15 +7,21 @@ interrupted early sees 3 trials of the 64 it will run. study.json holds the plan
 its counts (`planned_trials`, `planned_settings`, `planned_trial_epochs`, `expected_trial_epochs`);
 a study.json from before those keys gives the counts from its space text, seeds and num_samples,
 as the sweep counts them: (product of the grid and cases lengths) x seeds x num_samples.
+`planned_settings` lists the settings themselves where every varied key is a plain grid, so that the
+grids of an interim report can show the settings Ray has not created a trial of yet.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import yaml
+
+from study.report.comparison import SEED
 
 GRIDS = ("grid", "cases")  # domains that multiply the trials (study.sweep.spaces); the others are drawn per trial
 
@@ -51,8 +57,29 @@ def study_plan(study: dict[str, Any]) -> Plan | None:
     return _from_space(study, epochs)
 
 
-def _from_space(study: dict[str, Any], epochs: int | None) -> Plan | None:
-    """The counts of a study.json without them, from the space text it holds."""
+def planned_settings(study: dict[str, Any]) -> pd.DataFrame | None:
+    """Every setting the space of study.json plans, one row each and a column per varied key but
+    seed (the cartesian product of the grids, in the space's order; values as YAML reads them: 1, inf);
+    None where a key is not a plain grid of plain values (cases, a drawn domain) or the text cannot be read."""
+    space = _space(study)
+    if space is None:
+        return None
+    grids = {}
+    for key, spec in (space.get("vary") or {}).items():
+        [(kind, values)] = spec.items()
+        if kind != "grid" or not isinstance(values, list) or not values:
+            return None
+        if not all(value is None or isinstance(value, (bool, int, float, str)) for value in values):
+            return None  # a list or mapping as a value: no column of plain values to match the trials'
+        if key != SEED:
+            grids[key] = values
+    if not grids:
+        return None
+    return pd.DataFrame(list(itertools.product(*grids.values())), columns=list(grids))
+
+
+def _space(study: dict[str, Any]) -> dict[str, Any] | None:
+    """The space text of study.json as YAML, each domain under `vary` one {kind: values}; None if it is not."""
     try:
         space = yaml.safe_load(study.get("space_text") or "")
     except (yaml.YAMLError, TypeError):
@@ -62,6 +89,15 @@ def _from_space(study: dict[str, Any], epochs: int | None) -> Plan | None:
     vary = space.get("vary") or {}
     if not isinstance(vary, dict) or not all(isinstance(spec, dict) and len(spec) == 1 for spec in vary.values()):
         return None
+    return space
+
+
+def _from_space(study: dict[str, Any], epochs: int | None) -> Plan | None:
+    """The counts of a study.json without them, from the space text it holds."""
+    space = _space(study)
+    if space is None:
+        return None
+    vary = space.get("vary") or {}
     grid, drawn, seed_grid = 1, False, None
     for key, spec in vary.items():
         [(kind, values)] = spec.items()
@@ -69,7 +105,7 @@ def _from_space(study: dict[str, Any], epochs: int | None) -> Plan | None:
             drawn = True
         elif not isinstance(values, list):
             return None
-        elif key == "seed":  # seeds as a grid under vary rather than under `seeds`
+        elif key == SEED:  # seeds as a grid under vary rather than under `seeds`
             seed_grid = values
         else:
             grid *= len(values)

@@ -42,7 +42,7 @@ class PlotData:
     grid_low: pd.DataFrame  # 95% interval, NaN without one
     grid_high: pd.DataFrame
     grid_diverged: pd.DataFrame  # diverged trials per cell
-    grid_trials: pd.DataFrame  # trials per cell
+    grid_trials: pd.DataFrame  # trials per cell: 0 for a planned setting Ray has not created a trial of
     grid_errors: pd.DataFrame  # trials per cell that ended in error
     row_title: str
     column_title: str
@@ -98,7 +98,10 @@ def heatmap(data: PlotData) -> Figure:
         for j in range(cols):
             trials = data.grid_trials.iat[i, j]
             if pd.isna(trials):
-                continue  # no trial had this combination
+                continue  # no trial had this combination, nor does the plan list it
+            if not trials:  # planned: a grey cell (its mean is NaN) that says so
+                axes.text(j, i, "not started", ha="center", va="center", fontsize=8.5, color="dimgrey")
+                continue
             value, low, high = mean.iat[i, j], data.grid_low.iat[i, j], data.grid_high.iat[i, j]
             diverged, errors = int(data.grid_diverged.iat[i, j]), int(data.grid_errors.iat[i, j])
             if math.isnan(value):

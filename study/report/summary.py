@@ -79,7 +79,7 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
         "Mean over seeds of each trial's lowest validation perplexity, ± the half-width of its 95% interval; "
         "diverged trials are left out and counted in brackets. "
         + _interval_method(experiment, "best_valid_ppl")
-        + _settings_shown(comparison, plan)
+        + _settings_shown(comparison, grid, plan)
     )
     lines.append(_markdown_grid(grid, "best_valid_ppl"))
     lines.append("## Test perplexity (completed trials)")
@@ -144,8 +144,17 @@ def _trials_text(comparison: pd.DataFrame, experiment: Experiment, plan: Plan | 
     return f"{plan.trials} trials planned ({shape}), {n} created so far, {finished} finished"
 
 
-def _settings_shown(comparison: pd.DataFrame, plan: Plan | None) -> str:
-    """Which settings the grids show while Ray has created the trials of only some."""
+def _settings_shown(comparison: pd.DataFrame, grid: Pivot, plan: Plan | None) -> str:
+    """Which settings the grids show while Ray has created the trials of only some: every planned
+    one where the space lists them (study.report.planned), else those with trials."""
+    waiting = int((grid.frame["n_trials"] == 0).sum())
+    if waiting:
+        if comparison.empty:
+            return f" None of the {waiting} planned settings has a trial yet: they are marked 'not started'."
+        return (
+            f" The {waiting} planned setting{'s' * (waiting != 1)} Ray has not created a trial of yet "
+            f"{'are' if waiting != 1 else 'is'} marked 'not started'."
+        )
     if plan is None or not plan.settings or len(comparison) >= plan.settings:
         return ""
     if comparison.empty:
@@ -258,6 +267,8 @@ def _interval_method(experiment: Experiment, name: str) -> str:
 
 
 def _cell(row: pd.Series, name: str) -> str:
+    if not row["n_trials"]:  # planned, and Ray has not created a trial of it yet
+        return "– (not started)"
     mean, low, high = row[f"{name}_mean"], row[f"{name}_ci95_low"], row[f"{name}_ci95_high"]
     text = "–" if math.isnan(mean) else f"{mean:.1f}" if math.isnan(low) else f"{mean:.1f} ± {(high - low) / 2:.1f}"
     if name == "best_valid_ppl" and row["n_diverged"]:
