@@ -1,7 +1,7 @@
 """The README's cluster path for real: `ray start --head` and `ray start --address` as separate
 processes on this machine (own ports, temp dirs and HOME, so the token Ray writes is theirs), then
 `ray job submit --working-dir` of a tiny sweep into storage both nodes reach. The second node is
-killed in a second run: its trials are retried on the head and end as in the undisturbed run."""
+killed while the sweep runs: its trial goes on from its checkpoint on the head."""
 
 import contextlib
 import json
@@ -203,6 +203,9 @@ def cluster(tmp_path):
 
 
 def test_ray_job_submit_runs_a_sweep_on_both_nodes_and_survives_losing_one(cluster, tiny_corpus_dir, tmp_path):
+    """One job loses the worker node once one of its trials there has finished an epoch: those
+    trials go on from their checkpoints on the head (test_sweep checks that such a trial ends as an
+    undisturbed one does). Beside it, a job without --storage is refused in one line."""
     space = tmp_path / "cluster.yaml"
     space.write_text(SPACE)
     shared = tmp_path / "shared"
@@ -210,41 +213,32 @@ def test_ray_job_submit_runs_a_sweep_on_both_nodes_and_survives_losing_one(clust
     train.write_text(train.read_text() * 25)
     common = [str(space), "--data-dir", str(tiny_corpus_dir)]
 
+    worker_id = next(n["NodeID"] for n in cluster.nodes() if "node:__internal_head__" not in n["Resources"])
+    hit = cluster.submit(*common, "--storage", str(shared / "hit"))
     # Without --storage on two nodes: refused before any trial, in one line.
     refused = finish(cluster.submit(*common))
     assert "error: --storage: a sweep on a cluster of 2 nodes needs one that every node and you can reach" in refused
-
-    calm = cluster.submit(*common, "--storage", str(shared / "calm"))
-    output = finish(calm)
-    assert calm.returncode == 0 and "succeeded" in output, output[-3000:]
-    experiment = shared / "calm" / "cluster"
-    trials = pd.read_parquet(experiment / "trials.parquet")
-    epochs = pd.read_parquet(experiment / "epochs.parquet")
-    assert len(trials) == 4 and set(trials["status"]) == {"completed"} and len(epochs) == 24
-    assert trials["node_ids"].nunique() == 2 and epochs["node_id"].nunique() == 2  # trials ran on both nodes
-    assert (experiment / "summary.md").exists() and len(list(experiment.glob("*.png"))) == 4
-    study = json.loads((experiment / "study.json").read_text())
-    assert len(study["source_sha256"]) == 64 and study["git_commit"] is None  # the job's copy has no .git
-
-    # Again, and the worker node dies once one of its trials has finished an epoch.
-    worker_id = next(n["NodeID"] for n in cluster.nodes() if "node:__internal_head__" not in n["Resources"])
-    hit = cluster.submit(*common, "--storage", str(shared / "hit"))
+    experiment = shared / "hit" / "cluster"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not any(
-        worker_id in path.read_text() for path in (shared / "hit" / "cluster").glob("*/result.json")
+        worker_id in path.read_text() for path in experiment.glob("*/result.json")
     ):
         time.sleep(0.2)
     cluster.kill_worker()
     output = finish(hit)
-    assert hit.returncode == 0, output[-3000:]
-    hit_trials = pd.read_parquet(shared / "hit" / "cluster" / "trials.parquet")
-    assert set(hit_trials["status"]) == {"completed"} and hit_trials["num_failures"].sum() >= 1
-    retried = hit_trials[hit_trials["num_failures"] > 0]
+    assert hit.returncode == 0 and "succeeded" in output, output[-3000:]
+    trials = pd.read_parquet(experiment / "trials.parquet")
+    epochs = pd.read_parquet(experiment / "epochs.parquet")
+    assert len(trials) == 4 and set(trials["status"]) == {"completed"} and trials["num_failures"].sum() >= 1
+    retried = trials[trials["num_failures"] > 0]
     assert all("," in ids for ids in retried["node_ids"])  # begun on the worker, finished on the head
-    by_threshold = trials.set_index("max_grad_norm")["test_ppl"]
-    assert hit_trials.set_index("max_grad_norm")["test_ppl"].to_dict() == pytest.approx(
-        by_threshold.to_dict(), abs=1e-6
-    )
+    assert epochs["node_id"].nunique() == 2 and len(epochs) == 24  # each epoch once: none trained again
+    for trial_id in retried["trial_id"]:
+        nodes = epochs[epochs["trial_id"] == trial_id].sort_values("epoch")["node_id"].tolist()
+        assert nodes[0] == worker_id and nodes[-1] != worker_id  # went on from its checkpoint, not from epoch 1
+    assert (experiment / "summary.md").exists() and len(list(experiment.glob("*.png"))) == 4
+    study = json.loads((experiment / "study.json").read_text())
+    assert len(study["source_sha256"]) == 64 and study["git_commit"] is None  # the job's copy has no .git
 
 
 def test_quarter_gpu_trials_pack_four_to_a_gpu_and_train_on_the_cpu_without_one(tmp_path, tiny_corpus_dir):
