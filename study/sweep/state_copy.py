@@ -323,19 +323,15 @@ def settle_errors(state: bytes, errored: dict[str, list[str]]) -> bytes | None:
     hold them as ERROR; None when it holds every one of them so (or cannot be read)."""
     try:
         saved = json.loads(state)
-        entries = saved["trial_data"]
-        stale = [i for i, (trial, _) in enumerate(entries) if _stale(json.loads(trial), errored)]
+        trials = [json.loads(trial) for trial, _ in saved["trial_data"]]
     except (ValueError, KeyError, TypeError):
         return None
-    if not stale:
-        return None
-    for i in stale:
-        entries[i] = errored[json.loads(entries[i][0])["trial_id"]]
-    return json.dumps(saved).encode()
-
-
-def _stale(trial: dict, errored: dict[str, list[str]]) -> bool:
-    return trial.get("trial_id") in errored and trial.get("status") != "ERROR"
+    stale = {
+        i: t["trial_id"] for i, t in enumerate(trials) if t.get("trial_id") in errored and t.get("status") != "ERROR"
+    }
+    for i, trial_id in stale.items():
+        saved["trial_data"][i] = errored[trial_id]
+    return json.dumps(saved).encode() if stale else None
 
 
 def torn_state(text: bytes) -> str | None:
