@@ -131,3 +131,36 @@ def test_sampled_values_are_points_on_a_value_axis_with_a_colour_bar(tmp_path):
     curves = plots.valid_curves(data)
     assert len(curves.axes) == 2 and curves.axes[1].get_ylabel() == "learning_rate (sampled)"  # a colour bar
     assert not curves.legends  # no legend entry per sampled value (nothing diverged or stopped)
+
+
+def test_a_blown_up_setting_is_marked_off_the_scale_and_leaves_the_others_their_range(tmp_path):
+    """An unclipped trial can reach a finite perplexity of 1e13 without diverging (the real grad_clip
+    run did): it must not stretch the colour bar and the axes until every other setting looks alike."""
+    trials = [
+        {"max_grad_norm": c, "lr_decay": d, "seed": s, "cell": 3e13 if c == math.inf and d == 0.5 else min(10 * c, 60)}
+        for c in (1.0, 5.0, math.inf)
+        for d in (0.5, 1.0)
+        for s in (0, 1)
+    ]
+    vary = "  max_grad_norm: {grid: [1, 5, .inf]}\n  lr_decay: {grid: [0.5, 1]}"
+    data = plot_data(fake_experiment(tmp_path / "blown", vary, trials, epochs=3))
+    heatmap = plots.heatmap(data)
+    image = heatmap.axes[0].images[0]
+    assert image.norm.vmax < 200 and heatmap.axes[1].get_ylim()[1] < 200  # the colour bar spans the sane cells
+    assert image.norm(data.grid_mean.loc["5", "0.5"]) > image.norm(data.grid_mean.loc["1", "0.5"]) + 0.5
+    texts = [t.get_text() for t in heatmap.axes[0].texts]
+    assert [t for t in texts if t.startswith("3e+13\n") and t.endswith("\noff the scale")]
+    assert not [t for t in texts if "off" in t and not t.startswith("3e+13")]
+    assert "off the colour scale" in heatmap.axes[0].get_title()
+    curves = plots.valid_curves(data)
+    axes = curves.axes[0]
+    assert axes.get_ylim()[1] < 300  # the axis ends near the sane curves, the blown-up one comes in from above
+    assert [t for t in axes.get_yticks() if 100 <= t <= 200][3:]  # ticks that tell the sane curves apart
+    assert [line for line in axes.lines if line.get_marker() == "^" and len(line.get_xdata()) == 3]
+    assert "beyond the axis (up to 3e+13)" in [t.get_text() for t in curves.legends[0].get_texts()]
+    assert axes.get_ylim()[0] > 90  # and begins near them
+    curves.draw_without_rendering()
+    assert all(panel.get_position().width > 0.3 for panel in curves.axes)  # two columns, not collapsed
+    bars = plots.test_ppl(data).axes[0]
+    assert 90 < bars.get_ylim()[0] < bars.get_ylim()[1] < 200 and "3e+13" in [t.get_text() for t in bars.texts]
+    assert all(max(line.get_ydata()) < 200 for line in bars.lines if line.get_marker() != "^")  # no line up to it

@@ -330,3 +330,21 @@ def test_a_space_with_cases_or_drawn_values_adds_no_planned_settings(tmp_path, v
     assert "plots and summary failed" not in summary and "(not started)" not in summary
     assert f"so there are no intervals.{shown}\n" in summary
     assert len(pd.read_parquet(experiment / "comparison.parquet")) == 2
+
+
+def test_a_trial_that_blew_up_without_diverging_is_named_and_its_number_fits_its_cell(tmp_path):
+    """The real grad_clip run's first unclipped trial reached a finite validation perplexity of 3.3e13:
+    not diverged by the definition (loss NaN or infinite), so the summary says what it is instead."""
+    trials = [
+        {"max_grad_norm": c, "seed": s} | ({"cell": 3.3e13, "stop": True} if c == math.inf and s == 0 else {})
+        for c in (1.0, math.inf)
+        for s in (0, 1)
+    ]
+    experiment = fake_experiment(tmp_path / "blown", "  max_grad_norm: {grid: [1, .inf]}", trials, 3, stopped_after=2)
+    write_report(str(experiment), quiet=True)
+    summary = (experiment / "summary.md").read_text()
+    divergence = summary.split("## Divergence\n\n")[1].split("\n## ")[0]
+    assert divergence.startswith("No trial diverged (loss NaN or infinite).\n\n1 blew up without diverging")
+    assert "over 10 times the lowest trial's (106.7)" in divergence
+    assert "- max_grad_norm=none, seed 0: best 3.3e+13 at epoch 2 of the 2 it ran (stopped_early)" in divergence
+    assert "| none | 1.65e+13 ± 2.1e+14 |" in summary  # not 16500000000053.3 ± 210000000000000.0

@@ -2,6 +2,8 @@
 
     paths = write_all(folder, data)   # {"heatmap": "heatmap_valid_ppl.png", ...}, files in `folder`
 
+The data: study.report.plot_data; the test perplexity plot: study.report.bars (both named here too).
+
 Figures are built with matplotlib's object API (no pyplot, no global state) and saved as PNG with
 the Agg renderer, each under a temporary name and renamed into place. A setting of max_grad_norm
 = inf (no clipping) arrives here already labelled "none".
@@ -12,51 +14,32 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from study import metrics as m
-from study.report.axes import colours, epoch_axis, log_y, no_data, numeric_axis, place_ticks, value_colours
+from study.report.axes import colours, epoch_axis, log_y, no_data, place_ticks, value_colours
+from study.report.bars import test_ppl
+from study.report.plot_data import PlotData, interval_words
+from study.report.scale import FACTOR, off_scale, ppl_text, scale_top
 from study.storage import replacing
 
+__all__ = ["FILES", "PlotData", "grad_norms", "heatmap", "save", "test_ppl", "valid_curves", "write_all"]
+
 DPI = 110
+OFF_SCALE_COLOUR = "#8b1a1a"  # dark red: past viridis_r's dark purple end, where the scale stops
 FILES = {
     "heatmap": "heatmap_valid_ppl.png",
     "valid_curves": "valid_curves.png",
     "grad_norms": "grad_norms.png",
     "test_ppl": "test_ppl.png",
 }
-
-
-@dataclass(frozen=True)
-class PlotData:
-    study: str
-    # The pivot: one row per value of the row factor, one column per value of the others.
-    grid_mean: pd.DataFrame  # mean best validation perplexity
-    grid_low: pd.DataFrame  # 95% interval, NaN without one
-    grid_high: pd.DataFrame
-    grid_diverged: pd.DataFrame  # diverged trials per cell
-    grid_trials: pd.DataFrame  # trials per cell: 0 for a planned setting Ray has not created a trial of
-    grid_errors: pd.DataFrame  # trials per cell that ended in error
-    row_title: str
-    column_title: str
-    # Per epoch and trial: epoch, valid_ppl, diverged, grad metrics, "colour" and "panel" labels.
-    epochs: pd.DataFrame
-    colour_title: str
-    colour_order: list[str]
-    panel_order: list[str]
-    panel_title: str
-    thresholds: dict[str, float]  # colour label -> clipping threshold to draw beside the norms
-    # The comparison with "x" (a number, or a row label), "_row" and "_col" labels and test_ppl_*.
-    test: pd.DataFrame
-    colour_numeric: bool
-    sampled: bool = False  # the colour setting was drawn per trial (uniform, loguniform, randint): points, no lines
 
 
 def write_all(folder: Path, data: PlotData) -> dict[str, str]:
@@ -86,12 +69,17 @@ def heatmap(data: PlotData) -> Figure:
     )
     axes = figure.add_subplot()
     values = np.ma.masked_invalid(mean.to_numpy())
-    cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="#d9d9d9")
+    # A blown-up setting (1e13) past the scale's top, in its own colour, so that the rest keep theirs.
+    top = scale_top(values.compressed())
+    off = off_scale(values.filled(np.nan).ravel(), top)
+    cmap = matplotlib.colormaps["viridis_r"].with_extremes(bad="#d9d9d9", over=OFF_SCALE_COLOUR)
+    norm = Normalize(values.min(), top) if values.count() else Normalize()
     if values.size:
-        image = axes.imshow(values, cmap=cmap, aspect="auto")
-        norm = image.norm
+        image = axes.imshow(values, cmap=cmap, norm=norm, aspect="auto")
     if values.count():  # a colour scale only for values there are (none: no -0.1..0.1 bar)
-        figure.colorbar(image, ax=axes, label="mean best validation perplexity")
+        figure.colorbar(
+            image, ax=axes, label="mean best validation perplexity", extend="max" if off.any() else "neither"
+        )
     else:
         no_data(axes, "validation perplexity")
     for i in range(rows):
@@ -110,9 +98,11 @@ def heatmap(data: PlotData) -> Figure:
                 else:
                     lines = [f"error\n{errors}/{int(trials)}" if errors else "no result yet"]
             else:
-                lines = [f"{value:.1f}"]
+                lines = [ppl_text(value)]
                 if not math.isnan(low):
-                    lines.append(f"± {(high - low) / 2:.1f}")
+                    lines.append(f"± {ppl_text((high - low) / 2)}")
+                if value > top:
+                    lines.append("off the scale")
                 if diverged:
                     lines.append(f"{diverged}/{int(trials)} diverged")
             dark = not math.isnan(value) and norm(value) > 0.6  # viridis_r is dark at the top of its range
@@ -123,29 +113,16 @@ def heatmap(data: PlotData) -> Figure:
     axes.set_yticks(range(rows), [str(r) for r in mean.index])
     axes.set_xlabel(data.column_title or "")
     axes.set_ylabel(data.row_title)
-    subtitle = _interval_words(data.test, "best_valid_ppl", "± half of the ") + (
+    subtitle = interval_words(data.test, "best_valid_ppl", "± half of the ") + (
         " (lower is better)" if values.count() else ""
     )
+    if off.any():
+        subtitle += f"; dark red: over {FACTOR:g} times the lowest, off the colour scale"
     # ~11 characters an inch at 10 pt, over the plot's own width: the row labels and the colour bar
     # (~1.6 inches with its label) take the rest, and the title is centred over the plot.
     wrapped = textwrap.fill(subtitle, max(30, int((figure.get_figwidth() - label_width - 1.6) * 11)))
     axes.set_title(f"{data.study}: mean best validation perplexity\n{wrapped}", fontsize=10)
     return figure
-
-
-def _interval_words(table: pd.DataFrame, name: str, lead: str) -> str:
-    """What the plot's intervals are (after `lead`), from comparison.parquet's `<name>_ci_method`."""
-    shown = table.loc[table[f"n_{'valid' if name == 'best_valid_ppl' else 'test'}"] > 0, f"{name}_ci_method"].astype(
-        str
-    )
-    pooled, own = shown.str.startswith("pooled").any(), shown.str.startswith("per-setting").any()
-    if pooled:
-        return f"{lead}95% interval, from the seed noise pooled over the settings"
-    if own:
-        return f"{lead}each setting's 95% Student-t interval over its seeds" + (
-            "; none for one trial" if shown.eq("none").any() else ""
-        )
-    return "no intervals: one trial or none per setting" if len(shown) else "no results yet"
 
 
 def _palette(data: PlotData):
@@ -164,6 +141,11 @@ def valid_curves(data: PlotData) -> Figure:
     palette, scale = _palette(data)
     epochs = data.epochs
     logs = [False] * len(panels)
+    # The y axis ends at 1.15 x the scale's top when a trial blew up (1e13): its curve comes in from
+    # above, and its points past the edge are triangles on the edge.
+    top = scale_top(epochs[m.VALID_PPL])
+    off = off_scale(epochs[m.VALID_PPL], top)
+    edge = 1.15 * top if off.any() else math.inf
     for index, panel in enumerate(panels):
         axes = grid.flat[index]
         shown = epochs[epochs["panel"] == panel]
@@ -173,15 +155,21 @@ def valid_curves(data: PlotData) -> Figure:
             axes.plot(
                 finite[m.EPOCH], finite[m.VALID_PPL], color=colour, alpha=0.8, linewidth=1.2, marker=".", markersize=3
             )
+            above = finite[finite[m.VALID_PPL].astype(float) > edge]
+            if len(above):  # (an empty unclipped line has a box at the figure's corner: layout collapses)
+                axes.plot(above[m.EPOCH], [edge] * len(above), "^", color=colour, markersize=6, clip_on=False)
             if not len(finite):
                 continue
-            last = (finite[m.EPOCH].iloc[-1], finite[m.VALID_PPL].iloc[-1])  # where the curve ends
+            last = (finite[m.EPOCH].iloc[-1], min(finite[m.VALID_PPL].iloc[-1], edge))  # where the curve ends
             if trial[m.DIVERGED].any():
-                axes.plot(*last, "x", color=colour, markersize=9, markeredgewidth=2)
+                axes.plot(*last, "x", color=colour, markersize=9, markeredgewidth=2, clip_on=False)
             elif (trial.get("status") == m.STOPPED_EARLY).any():
-                axes.plot(*last, "s", color=colour, markersize=6, markerfacecolor="none")
-        logs[index] = log_y(axes, shown[m.VALID_PPL])
-        if not logs[index]:
+                axes.plot(*last, "s", color=colour, markersize=6, markerfacecolor="none", clip_on=False)
+        beyond = off[(epochs["panel"] == panel).to_numpy()]
+        logs[index] = log_y(axes, shown.loc[~beyond, m.VALID_PPL])
+        if off.any():  # from the sane values' foot (log_y's margin) to the edge
+            axes.set_ylim(epochs[m.VALID_PPL][~off].min() / 1.05, edge)
+        if not logs[index] and not beyond.any():
             no_data(axes, "validation results")
         epoch_axis(axes, epochs[m.EPOCH])
         if panel:
@@ -205,6 +193,17 @@ def valid_curves(data: PlotData) -> Figure:
     if (epochs.get("status", pd.Series(dtype=str)) == m.STOPPED_EARLY).any():
         handles.append(
             Line2D([], [], color="black", marker="s", markerfacecolor="none", linestyle="none", label="stopped by ASHA")
+        )
+    if off.any():
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="black",
+                marker="^",
+                linestyle="none",
+                label=f"beyond the axis (up to {ppl_text(epochs[m.VALID_PPL][off].max())})",
+            )
         )
     longest = max((len(h.get_label()) for h in handles), default=1)
     fits = int(figure.get_figwidth() * 13 // (longest + 6))  # legend entries in a row: ~13 characters an inch
@@ -268,103 +267,3 @@ def grad_norms(data: PlotData) -> Figure:
         no_data(clipped, "clipping records")
     figure.suptitle(f"{data.study}: gradients by epoch (mean over the trials of each setting)")
     return figure
-
-
-def test_ppl(data: PlotData) -> Figure:
-    figure = Figure(figsize=(7.5, 4.6), layout="constrained")
-    axes = figure.add_subplot()
-    table = data.test[data.test["n_test"] > 0]
-    if table.empty:
-        no_data(axes, "completed trials")
-    lines = list(dict.fromkeys(data.test["_col"]))
-    palette = colours(lines, numeric=False)
-    if data.colour_numeric:
-        axis = numeric_axis(data.test["x"].astype(float))
-        for i, line in enumerate(lines):
-            part = table[table["_col"] == line].sort_values("x")
-            x = axis.offset(np.array([axis.positions[v] for v in part["x"].astype(float)]), i - (len(lines) - 1) / 2)
-            _errorbars(axes, x, part, palette[line], line, connect=not data.sampled)
-        axis.apply(axes)
-        if axis.edge() is not None:
-            axes.axvline(axis.edge(), color="grey", linestyle=":", linewidth=1)
-        notes = [{"log": "log scale", "symlog": "symmetric log scale", "linear": ""}[axis.scale]]
-        notes += ["one point per sampled trial"] if data.sampled else []
-        notes += ["none = no clipping"] if math.inf in axis.positions else []
-        shown = "; ".join(note for note in notes if note)
-        axes.set_xlabel(f"{data.colour_title}" + (f" ({shown})" if shown else ""))
-        _mark_stopped(axes, data.test, lambda row: axis.positions[float(row["x"])])
-        if not data.sampled:  # a tick per setting; sampled values keep the axis's own round ticks
-            place_ticks(axes, axis.ticks)
-    else:
-        labels = list(dict.fromkeys(data.test["x"]))
-        for i, line in enumerate(lines):
-            part = table[table["_col"] == line]
-            x = np.array([labels.index(v) for v in part["x"]]) + 0.08 * (i - (len(lines) - 1) / 2)
-            _errorbars(axes, x, part, palette[line], line, connect=False)
-        axes.set_xlabel(data.row_title or "setting")
-        _mark_stopped(axes, data.test, lambda row: labels.index(row["x"]))
-        if labels:
-            axes.set_xlim(-0.5, len(labels) - 0.5)
-        place_ticks(axes, {str(label): i for i, label in enumerate(labels)}, rotate=True)
-    axes.set_ylabel("test perplexity")
-    axes.grid(True, alpha=0.3)
-    shown = [
-        (h, label) for h, label in zip(*axes.get_legend_handles_labels()) if label != "mean"
-    ]  # "mean": the one line
-    if shown:
-        axes.legend(*zip(*shown), title=data.column_title or None, fontsize=8)
-    axes.set_title(
-        f"{data.study}: test perplexity of completed trials\n{_interval_words(data.test, 'test_ppl', 'bars: ')}",
-        fontsize=10,
-    )
-    return figure
-
-
-def _errorbars(axes, x: np.ndarray, part: pd.DataFrame, colour, label: str, connect: bool = True) -> None:
-    if part.empty:
-        return
-    mean = part["test_ppl_mean"].to_numpy(float)
-    low = part["test_ppl_ci95_low"].to_numpy(float)
-    high = part["test_ppl_ci95_high"].to_numpy(float)
-    # np.nan where there is no interval: matplotlib draws no bar for it.
-    error = np.vstack([mean - low, high - mean])
-    axes.errorbar(
-        x,
-        mean,
-        yerr=error,
-        color=colour,
-        marker="o",
-        markersize=5,
-        capsize=4,
-        linestyle="-" if connect else "none",
-        linewidth=1.3,
-        label=label,
-    )
-
-
-def _mark_stopped(axes, test: pd.DataFrame, position: Callable[[pd.Series], float]) -> None:
-    """A grey column with the words "stopped by ASHA" at each setting that has no test perplexity
-    because ASHA stopped all its trials: shown as stopped, not silently missing. It spans the whole
-    perplexity axis, so it stands for no value (a marker at the foot read as a low, better perplexity)."""
-    stopped = test[(test["n_test"] == 0) & (test.get("n_stopped_early", 0) > 0)]
-    for i, (_, row) in enumerate(stopped.iterrows()):
-        x = position(row)
-        axes.axvline(
-            x,
-            color="grey",
-            alpha=0.2,
-            linewidth=14,  # points: as wide on a log axis as on a linear one
-            solid_capstyle="butt",
-            label="stopped by ASHA (no test perplexity)" if i == 0 else None,
-        )
-        axes.text(
-            x,
-            0.5,
-            "stopped by ASHA",
-            transform=axes.get_xaxis_transform(),  # x a setting, y the middle of the axes: no perplexity
-            rotation=90,
-            ha="center",
-            va="center",
-            fontsize=8,
-            color="dimgrey",
-        )

@@ -16,12 +16,13 @@ from pathlib import Path
 import pandas as pd
 
 from study import metrics as m
-from study.labels import value_label
+from study.labels import setting_label, value_label
 from study.report.anova import interaction
 from study.report.collect import Experiment
 from study.report.comparison import Pivot, noise_of, sampled_keys, setting_keys
 from study.report.planned import Plan, study_plan
 from study.report.provenance import space_description
+from study.report.scale import FACTOR, off_scale, ppl_text, scale_top
 from study.storage import split_location
 from study.tables import COMPARISON, EPOCHS, STUDY_FILE, TRIALS
 
@@ -98,7 +99,7 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
             or f"Not fitted: {crossed[0].name} x {crossed[1].name} needs every combination with at least two finished seeds."
         )
     lines.append("## Divergence")
-    lines.append(_divergence(comparison, trials))
+    lines.append(_divergence(comparison, trials, setting_keys(experiment.factors)))
     if experiment.errors:
         lines.append("## Errors")
         lines.append("\n".join(f"- `{tid}`: {line}" for tid, line in experiment.errors.items()))
@@ -187,7 +188,9 @@ def _answer(comparison: pd.DataFrame) -> str:
     text += "."
     others = ranked.iloc[1:]
     if math.isnan(best["best_valid_ppl_ci95_high"]):
-        nearest = ", ".join(f"{r['setting']} ({r['best_valid_ppl_mean']:.1f})" for _, r in others.head(3).iterrows())
+        nearest = ", ".join(
+            f"{r['setting']} ({ppl_text(r['best_valid_ppl_mean'])})" for _, r in others.head(3).iterrows()
+        )
         return text + (f" No interval to judge the runners-up by; next by mean: {nearest}." if nearest else "")
     overlapping = others[others["best_valid_ppl_ci95_low"] <= best["best_valid_ppl_ci95_high"]]
     if overlapping.empty:
@@ -202,8 +205,9 @@ def _answer(comparison: pd.DataFrame) -> str:
 def _with_interval(row: pd.Series, name: str) -> str:
     n = row[f"n_{'valid' if name == 'best_valid_ppl' else 'test'}"]
     if math.isnan(row[f"{name}_ci95_low"]):
-        return f"{row[f'{name}_mean']:.1f} (n={n}, no interval)"
-    return f"{row[f'{name}_mean']:.1f} [95% CI {row[f'{name}_ci95_low']:.1f}, {row[f'{name}_ci95_high']:.1f}], n={n}"
+        return f"{ppl_text(row[f'{name}_mean'])} (n={n}, no interval)"
+    low, high = ppl_text(row[f"{name}_ci95_low"]), ppl_text(row[f"{name}_ci95_high"])
+    return f"{ppl_text(row[f'{name}_mean'])} [95% CI {low}, {high}], n={n}"
 
 
 def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experiment, plan: Plan | None) -> list[str]:
@@ -270,7 +274,7 @@ def _cell(row: pd.Series, name: str) -> str:
     if not row["n_trials"]:  # planned, and Ray has not created a trial of it yet
         return "– (not started)"
     mean, low, high = row[f"{name}_mean"], row[f"{name}_ci95_low"], row[f"{name}_ci95_high"]
-    text = "–" if math.isnan(mean) else f"{mean:.1f}" if math.isnan(low) else f"{mean:.1f} ± {(high - low) / 2:.1f}"
+    text = "–" if math.isnan(mean) else ppl_text(mean) + ("" if math.isnan(low) else f" ± {ppl_text((high - low) / 2)}")
     if name == "best_valid_ppl" and row["n_diverged"]:
         text += f" ({row['n_diverged']}/{row['n_trials']} diverged)"
     if row["n_unfinished"]:
@@ -290,10 +294,29 @@ def _markdown_grid(grid: Pivot, name: str) -> str:
     return "\n".join(out)
 
 
-def _divergence(comparison: pd.DataFrame, trials: pd.DataFrame) -> str:
+def _divergence(comparison: pd.DataFrame, trials: pd.DataFrame, keys: list[str]) -> str:
     total = int((trials["status"] == m.DIVERGED).sum())
     if not total:
-        return "No trial diverged."
+        return "No trial diverged (loss NaN or infinite)." + _blown_up(trials, keys)
     hit = comparison[comparison["n_diverged"] > 0]
     listed = "\n".join(f"- {r['setting']}: {r['n_diverged']} of {r['n_trials']}" for _, r in hit.iterrows())
-    return f"{total} of {len(trials)} trials diverged (loss NaN or infinite; they stop at once):\n\n{listed}"
+    text = f"{total} of {len(trials)} trials diverged (loss NaN or infinite; they stop at once):\n\n{listed}"
+    return text + _blown_up(trials, keys)
+
+
+def _blown_up(trials: pd.DataFrame, keys: list[str]) -> str:
+    """The trials whose loss stayed finite but whose best validation perplexity is off the plots' scale
+    (study.report.scale): not diverged by the definition, yet no model either."""
+    best = trials["best_valid_ppl"].astype(float)
+    far = trials[off_scale(best, scale_top(best))]
+    if far.empty:
+        return ""
+    listed = "\n".join(
+        f"- {setting_label(row, [k for k in keys if k != 'seed'])}, seed {value_label(row['seed'])}: best "
+        f"{ppl_text(row['best_valid_ppl'])} at epoch {row['best_epoch']} of the {row['epochs_run']} it ran ({row['status']})"
+        for _, row in far.iterrows()
+    )
+    return (
+        f"\n\n{len(far)} blew up without diverging: the loss stayed finite, but the best validation perplexity is over "
+        f"{FACTOR:g} times the lowest trial's ({ppl_text(best.min())}); the plots mark it off their scale:\n\n{listed}"
+    )

@@ -1,0 +1,41 @@
+"""Perplexities far off the rest: where the plots' scales end, and how such a number is written.
+
+    python -c "from study.report.scale import scale_top, ppl_text; print(scale_top([117, 260, 3.3e13]), ppl_text(3.3e13))"
+    # 260.0 3.3e+13
+
+A trial without clipping can blow up and recover partly without its loss ever becoming infinite
+(then it has not diverged: design.md). Its perplexity, 1e13 or 1e114, would stretch a colour bar or
+an axis until every other setting looks the same. So the plots span the values up to ten times
+the lowest (an order of magnitude: the whole range of sensible settings, from 113 to ~700 for the
+small model), mark what lies beyond as off the scale, and print it in scientific notation; the
+summary names the trials beyond the same line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+FACTOR = 10.0  # a value more than FACTOR times the lowest is off the scale
+
+
+def scale_top(values: Iterable[float]) -> float:
+    """The largest finite positive value within FACTOR times the lowest; NaN when there is none."""
+    finite = np.asarray([float(v) for v in values], dtype=float)
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    if not finite.size:
+        return math.nan
+    return float(finite[finite <= FACTOR * finite.min()].max())
+
+
+def off_scale(values: Iterable[float], top: float) -> np.ndarray:
+    """Which of `values` lie above `top` (finite ones only; inf is diverged, shown as such)."""
+    array = np.asarray([float(v) for v in values], dtype=float)
+    return np.isfinite(array) & (array > top) if math.isfinite(top) else np.zeros(array.shape, bool)
+
+
+def ppl_text(value: float) -> str:
+    """117.3, and 3.26e+13 for the values that would not fit a table's column or a heatmap's cell."""
+    return f"{value:.1f}" if abs(value) < 1e5 else f"{value:.3g}"
