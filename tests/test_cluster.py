@@ -64,7 +64,10 @@ class Cluster:
             "RAY_health_check_timeout_ms": "500",
             "RAY_health_check_failure_threshold": "2",
         }
-        self.env.pop("RAY_ADDRESS", None)
+        # A ray.init() earlier in this process (the session fixture) set RAY_AUTH_MODE=token for its
+        # own ~/.ray/auth_token; this cluster has a HOME of its own and decides for itself.
+        for inherited in ("RAY_ADDRESS", "RAY_AUTH_MODE"):
+            self.env.pop(inherited, None)
         gcs, self.dashboard = free_ports(2)
         self.address = f"127.0.0.1:{gcs}"
         self.head = self._start(
