@@ -33,6 +33,11 @@ EPOCH_METRICS = (
 # (study/sweep/prefix.py) instead of training it; its seconds were spent by the trial that trained it.
 SHARED_PREFIX = "shared_prefix"
 
+# And where the epoch trained: Ray's node id (nodes on one host share an IP), the device type, the
+# CPU's model and, on a GPU, the GPU's name. Processors differ in the last bits of their results.
+NODE_ID, DEVICE, CPU, GPU = "node_id", "device", "cpu", "gpu"
+MACHINE = (NODE_ID, DEVICE, CPU, GPU)
+
 # What ASHA and the report rank trials by.
 OBJECTIVE = VALID_PPL
 MODE = "min"

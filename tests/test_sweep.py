@@ -18,6 +18,7 @@ from ray import tune
 
 from study import metrics as m
 from study.sweep.cli import main
+from study.sweep.estimate import cpu_model
 from study.sweep.tuner import experiment_exists, restored_run_config
 from study.train.data import load_corpus
 
@@ -59,6 +60,11 @@ def test_smoke_sweep_end_to_end(ray_session, ptb_dir, tmp_path):
     assert (completed["epochs_run"] == 4).all() and completed["test_ppl"].notna().all()
     assert {"max_grad_norm", "lr_decay"} <= set(epochs.columns)
     assert experiment_exists(options.experiment)
+    # Each epoch names the processor it trained on; the summary says which trained how many.
+    assert (epochs[m.CPU] == cpu_model()).all() and (epochs[m.DEVICE] == "cpu").all() and m.GPU not in epochs
+    trained = (~epochs[m.SHARED_PREFIX]).sum()
+    summary = (Path(options.experiment) / "summary.md").read_text()
+    assert f": {trained} epochs on {cpu_model()}." in summary
 
 
 def test_diverging_trial_is_recorded_while_the_sweep_finishes(ray_session, tiny_corpus_dir, tmp_path):

@@ -140,7 +140,7 @@ def _history(location: Location, trial: TrialState) -> pd.DataFrame:
     # Reports from before prefixes were shared have no flag: every epoch was trained by its trial.
     frame[m.SHARED_PREFIX] = frame[m.SHARED_PREFIX].eq(True) if m.SHARED_PREFIX in frame else False
     frame = frame.drop_duplicates(m.EPOCH, keep="last").sort_values(m.EPOCH, kind="stable")
-    keep = [*PER_EPOCH, m.SHARED_PREFIX, *(name for name in ("node_id", "device") if name in frame)]
+    keep = [*PER_EPOCH, m.SHARED_PREFIX, *(name for name in m.MACHINE if name in frame)]
     return frame[keep].reset_index(drop=True)
 
 
@@ -242,7 +242,7 @@ def _epoch_table(frames: list[pd.DataFrame], trials: pd.DataFrame, varied: list[
         return pd.DataFrame({c: trials[c].iloc[:0] if c in trials else pd.Series(dtype=float) for c in columns})
     epochs = pd.concat(frames, ignore_index=True)
     epochs = epochs.merge(trials[["trial_id", *varied]], on="trial_id", how="left")
-    extra = [c for c in ("node_id", "device") if c in epochs]
+    extra = [c for c in m.MACHINE if c in epochs]
     epochs = epochs[[*columns, *extra]].sort_values(["trial_id", m.EPOCH], kind="stable").reset_index(drop=True)
     epochs[m.EPOCH] = epochs[m.EPOCH].astype(int)
     epochs[m.DIVERGED] = epochs[m.DIVERGED].fillna(False).astype(bool)

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 import study
+from study import metrics as m
 from study.errors import UsageError
 from study.redact import redact
 from study.report.collect import Experiment
@@ -44,6 +45,7 @@ def provenance(experiment: Experiment) -> dict[str, Any]:
         "epochs": study_info.get("epochs"),
         "varied": study_info.get("varied"),
         "trials": len(experiment.trials),
+        "machines": machines(experiment.epochs),
         "space_text": study_info.get("space_text"),
         "data_sha256": study_info.get("data_sha256"),
         "versions": versions,
@@ -57,6 +59,49 @@ def provenance(experiment: Experiment) -> dict[str, Any]:
 
 
 NOT_RECORDED = "unknown (not recorded at sweep time)"
+
+
+def machines(epochs: pd.DataFrame) -> dict[str, int]:
+    """The processors that trained the experiment's epochs, with how many each (epochs a trial took
+    from a shared prefix count once, for the trial that trained them): the GPU's name where one
+    trained, else the CPU's model. Floating-point results differ between processors in their last
+    bits, and the training at learning rate 1 grows such differences to tenths of a percent."""
+    trained = epochs[~epochs[m.SHARED_PREFIX].astype(bool)] if m.SHARED_PREFIX in epochs else epochs
+    if trained.empty:
+        return {}
+    names = pd.Series(pd.NA, index=trained.index, dtype=object)
+    for column in (m.CPU, m.GPU):  # the GPU's name wins where both were recorded
+        if column in trained:
+            names = trained[column].where(trained[column].notna() & trained[column].ne(""), names)
+    counts = names.fillna(UNRECORDED_MACHINE).value_counts(sort=False)
+    return {str(name): int(count) for name, count in counts.sort_values(ascending=False, kind="stable").items()}
+
+
+UNRECORDED_MACHINE = "not recorded"  # epochs of a sweep whose code predates the record (before 2026-12-04)
+
+
+def trained_by(experiment: Experiment) -> str:
+    """One line for the summary: the code (commit, versions) and the processors that trained."""
+    info = experiment.study
+    commit = info.get("git_commit")
+    code = (
+        f"commit `{commit[:12]}`" + (" with uncommitted changes" if info.get("git_dirty") else "") if commit else "code"
+    )
+    versions = info.get("versions")
+    if versions:
+        code += (
+            " ("
+            + ", ".join(f"{name} {versions[name]}" for name in ("study", "torch", "ray") if versions.get(name))
+            + ")"
+        )
+    where = machines(experiment.epochs)
+    named = [
+        f"{count} epochs on " + ("a processor its code did not record" if name == UNRECORDED_MACHINE else name)
+        for name, count in where.items()
+    ]
+    return code + (": " + "; ".join(named) if named else ", no epoch trained yet")
+
+
 SOURCES = ("study/**/*.py", "search_spaces/*.yaml")  # what the hash covers, relative to the package's parent
 
 

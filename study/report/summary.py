@@ -21,7 +21,7 @@ from study.report.anova import interaction
 from study.report.collect import Experiment
 from study.report.comparison import Pivot, noise_of, sampled_keys, setting_keys
 from study.report.planned import Plan, study_plan
-from study.report.provenance import space_description
+from study.report.provenance import space_description, trained_by
 from study.report.scale import FACTOR, off_scale, ppl_text, scale_top
 from study.storage import split_location
 from study.tables import COMPARISON, EPOCHS, STUDY_FILE, TRIALS
@@ -116,6 +116,7 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
         "- Status: " + "; ".join(f"`{status}` {meaning}" for status, meaning in m.STATUSES.items()) + ".\n"
         "- Validation statistics pool a setting's completed and stopped-early trials (a stopped trial with the best "
         "perplexity it reached); test statistics use completed trials only. `none` as max_grad_norm means no clipping.\n"
+        f"- Trained by {trained_by(experiment)}.\n"
         f"- Tables: `{TRIALS}`, `{EPOCHS}`, `{COMPARISON}` in this folder; their provenance: "
         f"`python -m study.report {experiment.location.given} --provenance`."
     )

@@ -26,6 +26,7 @@ from ray import tune
 from study import metrics as m
 from study.errors import REFUSED_WRITES, StorageError
 from study.sweep.board import progress_sender
+from study.sweep.estimate import cpu_model
 from study.sweep.prefix import SharingPlan, TrialPrefix
 from study.sweep.spaces import trial_config
 from study.train import Corpus, Trainer, read_state, run_identity, save_state, set_threads
@@ -71,15 +72,9 @@ def train_trial(
         for report in shared.take(trainer):
             tune.report(report)
 
+    machine = where_trained(device)
     for result in trainer.epochs():
-        # node_id: which machine of a cluster trained the trial (Ray's node_ip is shared by
-        # nodes on one host).
-        result = {
-            **result,
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "device": device.type,
-            m.SHARED_PREFIX: False,
-        }
+        result = {**result, **machine, m.SHARED_PREFIX: False}
         if shared:
             result = shared.noted(result)  # the first report after refusing the stored prefix says why
         extra = shared.after_epoch(trainer, result) if shared else {}  # stores the prefix after its last epoch
@@ -87,6 +82,15 @@ def train_trial(
             save_state(Path(folder) / CHECKPOINT_FILE, {**trainer.state_dict(), **extra}, identity)
             with checkpoint_refused(trainer.epoch):
                 tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def where_trained(device: torch.device) -> dict[str, str]:
+    """Where this trial's epochs train (study.metrics.MACHINE): the node of a cluster, the device,
+    the CPU's model and, on a GPU, its name."""
+    machine = {m.NODE_ID: ray.get_runtime_context().get_node_id(), m.DEVICE: device.type, m.CPU: cpu_model()}
+    if device.type == "cuda":
+        machine[m.GPU] = torch.cuda.get_device_name(device)
+    return machine
 
 
 @contextlib.contextmanager
