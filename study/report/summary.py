@@ -20,6 +20,7 @@ from study.labels import setting_label, value_label
 from study.report.anova import interaction
 from study.report.collect import Experiment
 from study.report.comparison import Pivot, noise_of, sampled_keys, setting_keys
+from study.report.findings import clipping_text, reference_text
 from study.report.planned import Plan, study_plan
 from study.report.provenance import space_description, trained_by
 from study.report.scale import FACTOR, off_scale, ppl_text, scale_top
@@ -88,6 +89,8 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
         "Mean over seeds of the completed trials' test perplexity. " + _interval_method(experiment, "test_ppl")
     )
     lines.append(_markdown_grid(grid, "test_ppl"))
+    if against := reference_text(experiment, comparison):
+        lines += ["## Against the reference setting", against]
     crossed = [f for f in experiment.factors if not f.is_case]
     if len(experiment.factors) == 2 and len(crossed) == 2:
         fitted = interaction(
@@ -98,6 +101,8 @@ def summary(experiment: Experiment, comparison: pd.DataFrame, grid: Pivot, pictu
             fitted
             or f"Not fitted: {crossed[0].name} x {crossed[1].name} needs every combination with at least two finished seeds."
         )
+    if clipping := clipping_text(experiment):
+        lines += ["## Where clipping engages", clipping]
     lines.append("## Divergence")
     lines.append(_divergence(comparison, trials, setting_keys(experiment.factors)))
     if experiment.errors:
@@ -300,9 +305,24 @@ def _divergence(comparison: pd.DataFrame, trials: pd.DataFrame, keys: list[str])
     if not total:
         return "No trial diverged (loss NaN or infinite)." + _blown_up(trials, keys)
     hit = comparison[comparison["n_diverged"] > 0]
-    listed = "\n".join(f"- {r['setting']}: {r['n_diverged']} of {r['n_trials']}" for _, r in hit.iterrows())
+    diverged = trials[trials["status"] == m.DIVERGED]
+    at = {  # the epochs each setting's diverged trials stopped at
+        r["setting"]: sorted({int(e) for e in diverged.loc[_in_setting(diverged, r, keys), "epochs_run"]})
+        for _, r in hit.iterrows()
+    }
+    listed = "\n".join(
+        f"- {r['setting']}: {r['n_diverged']} of {r['n_trials']}, in epoch {', '.join(map(str, at[r['setting']]))}"
+        for _, r in hit.iterrows()
+    )
     text = f"{total} of {len(trials)} trials diverged (loss NaN or infinite; they stop at once):\n\n{listed}"
     return text + _blown_up(trials, keys)
+
+
+def _in_setting(trials: pd.DataFrame, row: pd.Series, keys: list[str]) -> pd.Series:
+    mask = pd.Series(True, index=trials.index)
+    for key in (k for k in keys if k != "seed" and k in trials):
+        mask &= trials[key].astype(str) == str(row[key])
+    return mask
 
 
 def _blown_up(trials: pd.DataFrame, keys: list[str]) -> str:
