@@ -1,12 +1,54 @@
-"""Which processors trained an experiment (study/report/provenance.py): its results differ between
-processors in their last bits, and training at learning rate 1 grows that to tenths of a percent, so
-the report names them, from the processor each epoch's report records."""
+"""Provenance (study/report/provenance.py): the source hash it records covers every module of the
+package, wings included; and the processors that trained an experiment, named from each epoch's report
+(results differ between processors in their last bits, which training at learning rate 1 grows)."""
+
+import shutil
+from pathlib import Path
 
 import pandas as pd
 
+import study
 from study import metrics as m
 from study.report.collect import Experiment
-from study.report.provenance import UNRECORDED_MACHINE, machines, trained_by
+from study.report.provenance import UNRECORDED_MACHINE, machines, source_hash, trained_by
+
+ROOT = Path(study.__file__).resolve().parent.parent
+
+
+def copy_of_sources(tmp_path: Path) -> Path:
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "study", copy / "study", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "search_spaces", copy / "search_spaces")
+    return copy
+
+
+def test_the_hash_is_the_same_for_the_same_sources(tmp_path):
+    assert source_hash(copy_of_sources(tmp_path)) == source_hash()
+
+
+def test_a_change_in_any_wing_or_the_core_or_a_space_changes_the_hash(tmp_path):
+    copy = copy_of_sources(tmp_path)
+    before = source_hash(copy)
+    hashes = {before}
+    for changed in (
+        "study/train/trainer.py",
+        "study/sweep/tuner.py",
+        "study/report/summary.py",
+        "study/config.py",
+        "search_spaces/grad_clip.yaml",
+    ):
+        with (copy / changed).open("a") as file:
+            file.write("\n# changed\n")
+        hashes.add(source_hash(copy))
+    assert len(hashes) == 6  # every change made a new hash
+
+
+def test_files_beside_the_sources_do_not_change_the_hash(tmp_path):
+    copy = copy_of_sources(tmp_path)
+    before = source_hash(copy)
+    (copy / "README.md").write_text("notes")
+    (copy / "study" / "train" / "notes.txt").write_text("not code")
+    assert source_hash(copy) == before
 
 
 def epochs(rows: list[dict]) -> pd.DataFrame:
