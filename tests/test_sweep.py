@@ -119,18 +119,25 @@ class KillOnce(tune.Callback):
             os.kill(result["pid"], signal.SIGKILL)
 
 
-def test_killed_worker_recovers_from_its_checkpoint_with_the_same_result(ray_session, tiny_corpus_dir, tmp_path):
-    space = write_space(tmp_path, "one", "  keep_prob: {grid: [0.5]}", epochs=4, grace=4)
+def test_killed_worker_recovers_from_its_checkpoint_with_the_same_result(
+    ray_session, tiny_corpus_dir, tmp_path, monkeypatch
+):
+    # Ray uploads its driver's logs (result.json) to storage at its saves: here only when a trial has
+    # checkpointed twice since the last (CheckpointConfig(num_to_keep=2)), after epochs 2 and 4. A
+    # restarted trial's log starts from storage's copy, so the worker killed at epoch 4 leaves a copy
+    # without epoch 3, whose checkpoint the trial restarts from: its line must still be there.
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "3600")
+    space = write_space(tmp_path, "one", "  keep_prob: {grid: [0.5]}", epochs=5, grace=5)
     corpus = load_corpus(tiny_corpus_dir)
     calm, _ = sweep([str(space), "--storage", str(tmp_path / "calm")], corpus)
-    killer = KillOnce(epoch=2)
+    killer = KillOnce(epoch=4)
     hit, _ = sweep([str(space), "--storage", str(tmp_path / "hit"), "--max-failures", "2"], corpus, [killer])
     assert killer.killed
     (calm_trials, calm_epochs), (hit_trials, hit_epochs) = tables(calm.experiment), tables(hit.experiment)
     assert hit_trials["status"].tolist() == ["completed"]
     assert hit_trials["num_failures"].tolist() == [1] and calm_trials["num_failures"].tolist() == [0]
     assert hit_trials["node_ids"].iloc[0] == hit_epochs["node_id"].iloc[0] and len(hit_trials["node_ids"].iloc[0]) == 56
-    assert hit_epochs[m.EPOCH].tolist() == [1, 2, 3, 4]
+    assert hit_epochs[m.EPOCH].tolist() == [1, 2, 3, 4, 5]
     assert hit_trials["test_ppl"].iloc[0] == pytest.approx(calm_trials["test_ppl"].iloc[0], abs=1e-6)
     assert hit_epochs[m.VALID_PPL].tolist() == pytest.approx(calm_epochs[m.VALID_PPL].tolist(), abs=1e-6)
 

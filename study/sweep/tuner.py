@@ -31,6 +31,7 @@ from study.sweep.prefix_search import PrefixSearch
 from study.sweep.spaces import Space
 from study.sweep.state_copy import StateCopy, restore_whole_state
 from study.sweep.trainable import train_trial, trial_threads
+from study.sweep.trial_logs import LogsKept
 from study.tables import STUDY_FILE
 from study.train import Corpus
 
@@ -305,7 +306,7 @@ def run_sweep(
     keeper = StateCopy(options.experiment)  # a whole copy of Ray's state, put back by a later --resume
     with keeper.watching_ray():
         try:
-            results = build_tuner(options, corpus, [*(callbacks or []), keeper]).fit()
+            results = build_tuner(options, corpus, [*(callbacks or []), LogsKept(), keeper]).fit()
         except Exception as failure:  # a torn error.pkl in Ray's results, say: one line if storage refused
             keeper.check_saved(resume_with, failure)
             raise
