@@ -44,7 +44,7 @@ def test_the_reference_is_the_presets_setting_and_a_clear_winner_beats_it_by_mor
     assert reference_setting(loaded) == {"max_grad_norm": 5.0, "lr_decay": 0.5}  # the test preset's, as small's
     text = reference_text(loaded, comparison_of(loaded))
     assert text.startswith("The reference setting, max_grad_norm=5, lr_decay=0.5 (the `test` preset's)")
-    assert "mean best validation perplexity 149.2 [95% CI" in text and "(n=2)" in text
+    assert "mean best validation perplexity 149.2 [95% CI" in text and "], n=2" in text
     assert "published" not in text  # nothing is published for the test preset
     assert "is lower by 40.0" in text and text.endswith(
         "more than the seed noise (their 95% intervals do not overlap)."

@@ -21,7 +21,7 @@ from study.errors import UsageError
 from study.labels import value_label
 from study.report.collect import Experiment
 from study.report.comparison import SEED, setting_keys
-from study.report.scale import ppl_text
+from study.report.scale import ppl_text, ppl_with_interval
 
 # Test perplexity of the reference setting of a preset, as published (the small model, 13 epochs).
 PUBLISHED = {"small": (("TF's ptb_word_lm tutorial", 115.91), ("Zaremba et al. (2014)", 114.5))}
@@ -53,16 +53,6 @@ def _row_of(comparison: pd.DataFrame, setting: dict[str, Any]) -> pd.Series | No
     return comparison[mask].iloc[0] if mask.any() else None
 
 
-def _ppl(row: pd.Series, name: str) -> str:
-    n = int(row["n_valid" if name == "best_valid_ppl" else "n_test"])
-    if math.isnan(row[f"{name}_ci95_low"]):
-        return f"{ppl_text(row[f'{name}_mean'])} (n={n})"
-    return (
-        f"{ppl_text(row[f'{name}_mean'])} [95% CI {ppl_text(row[f'{name}_ci95_low'])}, "
-        f"{ppl_text(row[f'{name}_ci95_high'])}] (n={n})"
-    )
-
-
 def reference_text(experiment: Experiment, comparison: pd.DataFrame) -> str | None:
     """The best setting against the reference, by mean best validation perplexity and seed noise,
     and the reference's test perplexity beside the published ones."""
@@ -77,9 +67,9 @@ def reference_text(experiment: Experiment, comparison: pd.DataFrame) -> str | No
         )
     ranked = comparison[comparison["n_valid"] > 0].sort_values("best_valid_ppl_mean", kind="stable")
     best = ranked.iloc[0]
-    text = f"The reference setting, {label} (the `{experiment.study['preset']}` preset's): mean best validation perplexity {_ppl(reference, 'best_valid_ppl')}"
+    text = f"The reference setting, {label} (the `{experiment.study['preset']}` preset's): mean best validation perplexity {ppl_with_interval(reference, 'best_valid_ppl')}"
     text += (
-        f", test perplexity {_ppl(reference, 'test_ppl')}"
+        f", test perplexity {ppl_with_interval(reference, 'test_ppl')}"
         if reference["n_test"]
         else ", no completed trial to test yet"
     )

@@ -14,7 +14,8 @@ summary names the trials beyond the same line.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -39,3 +40,13 @@ def off_scale(values: Iterable[float], top: float) -> np.ndarray:
 def ppl_text(value: float) -> str:
     """117.3, and 3.26e+13 for the values that would not fit a table's column or a heatmap's cell."""
     return f"{value:.1f}" if abs(value) < 1e5 else f"{value:.3g}"
+
+
+def ppl_with_interval(row: Mapping[str, Any], name: str) -> str:
+    """A comparison row's mean of `name` (best_valid_ppl or test_ppl) with its 95% interval and n:
+    "117.3 [95% CI 116.9, 117.7], n=2", or "117.3 (n=1, no interval)"."""
+    n = int(row[f"n_{'valid' if name == 'best_valid_ppl' else 'test'}"])
+    if math.isnan(row[f"{name}_ci95_low"]):
+        return f"{ppl_text(row[f'{name}_mean'])} (n={n}, no interval)"
+    low, high = ppl_text(row[f"{name}_ci95_low"]), ppl_text(row[f"{name}_ci95_high"])
+    return f"{ppl_text(row[f'{name}_mean'])} [95% CI {low}, {high}], n={n}"

@@ -23,7 +23,7 @@ from study.report.comparison import Pivot, noise_of, sampled_keys, setting_keys
 from study.report.findings import clipping_text, reference_text
 from study.report.planned import Plan, study_plan
 from study.report.provenance import space_description, trained_by
-from study.report.scale import FACTOR, off_scale, ppl_text, scale_top
+from study.report.scale import FACTOR, off_scale, ppl_text, ppl_with_interval, scale_top
 from study.storage import split_location
 from study.tables import COMPARISON, EPOCHS, STUDY_FILE, TRIALS
 
@@ -188,9 +188,9 @@ def _answer(comparison: pd.DataFrame) -> str:
     if ranked.empty:
         return "**No answer yet**: no trial has finished without diverging."
     best = ranked.iloc[0]
-    text = f"**Best: {best['setting']}**, mean best validation perplexity {_with_interval(best, 'best_valid_ppl')}"
+    text = f"**Best: {best['setting']}**, mean best validation perplexity {ppl_with_interval(best, 'best_valid_ppl')}"
     if best["n_test"]:
-        text += f"; test perplexity {_with_interval(best, 'test_ppl')}"
+        text += f"; test perplexity {ppl_with_interval(best, 'test_ppl')}"
     text += "."
     others = ranked.iloc[1:]
     if math.isnan(best["best_valid_ppl_ci95_high"]):
@@ -202,18 +202,10 @@ def _answer(comparison: pd.DataFrame) -> str:
     if overlapping.empty:
         return text + " No other setting's interval overlaps it."
     listed = ", ".join(
-        f"{r['setting']} ({_with_interval(r, 'best_valid_ppl')})" for _, r in overlapping.head(5).iterrows()
+        f"{r['setting']} ({ppl_with_interval(r, 'best_valid_ppl')})" for _, r in overlapping.head(5).iterrows()
     )
     more = f", and {len(overlapping) - 5} more" if len(overlapping) > 5 else ""
     return text + f" Not distinguishable from it (intervals overlap): {listed}{more}."
-
-
-def _with_interval(row: pd.Series, name: str) -> str:
-    n = row[f"n_{'valid' if name == 'best_valid_ppl' else 'test'}"]
-    if math.isnan(row[f"{name}_ci95_low"]):
-        return f"{ppl_text(row[f'{name}_mean'])} (n={n}, no interval)"
-    low, high = ppl_text(row[f"{name}_ci95_low"]), ppl_text(row[f"{name}_ci95_high"])
-    return f"{ppl_text(row[f'{name}_mean'])} [95% CI {low}, {high}], n={n}"
 
 
 def _notes(trials: pd.DataFrame, comparison: pd.DataFrame, experiment: Experiment, plan: Plan | None) -> list[str]:
