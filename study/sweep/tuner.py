@@ -242,6 +242,10 @@ def build_tuner(options: SweepOptions, corpus: Corpus, callbacks: list[tune.Call
             scheduler=space.asha(options.epochs),
             num_samples=options.num_samples,
             search_alg=PrefixSearch(sharing) if sharing else None,
+            # A trial starts in the worker of one that ended (same resources, every trial): not in a
+            # new process that imports torch and Ray again, seconds a trial. Each trial sets its own
+            # threads, seed and state; a worker that died or failed is never reused.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=space.name,
