@@ -222,9 +222,12 @@ def test_ray_job_submit_runs_a_sweep_on_both_nodes_and_survives_losing_one(clust
     refused = finish(cluster.submit(*common))
     assert "error: --storage: a sweep on a cluster of 2 nodes needs one that every node and you can reach" in refused
     experiment = shared / "hit" / "cluster"
+    # The job's driver logs each epoch on the head at once (its staging folder in the head's temp dir);
+    # storage gets the logs only at Ray's uploads, seconds later, when the trial may have ended.
+    logs = Path(cluster.temps[0]).glob
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not any(
-        worker_id in path.read_text() for path in experiment.glob("*/result.json")
+        worker_id in path.read_text() for path in logs("session_*/artifacts/*/cluster/driver_artifacts/*/result.json")
     ):
         time.sleep(0.2)
     cluster.kill_worker()

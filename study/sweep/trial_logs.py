@@ -32,11 +32,11 @@ class LogsKept(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         storage = trial.storage
-        for name in LOGS:
-            local = Path(trial.local_path, name)
-            if not local.is_file():
-                continue
-            try:
-                write_bytes(f"{storage.trial_fs_path}/{name}", local.read_bytes(), storage.storage_filesystem)
-            except StorageError as refused:  # the restart reads the copy before; its trial fails on the same disk
-                log.warning("%s", refused)
+        logs = [Path(trial.local_path, name) for name in LOGS]
+        try:
+            # A trial restarted before Ray's first upload of it has no folder in storage yet.
+            storage.storage_filesystem.create_dir(storage.trial_fs_path, recursive=True)
+            for local in filter(Path.is_file, logs):
+                write_bytes(f"{storage.trial_fs_path}/{local.name}", local.read_bytes(), storage.storage_filesystem)
+        except (StorageError, OSError) as refused:  # the restart reads Ray's older copy, as without this callback
+            log.warning("trial %s: its log was not uploaded before its restart (%s)", trial.trial_id, refused)
