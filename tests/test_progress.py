@@ -139,6 +139,17 @@ def test_plain_output_has_no_control_codes_and_a_modest_rate():
     assert lines[2].startswith("1/~12 trial-epochs")
 
 
+def test_a_perplexity_too_large_for_a_line_is_written_in_three_digits():
+    """The grad_clip run's unclipped trials reach 2.8e+97 without diverging (finite): a line, not a screen."""
+    view, out = tracker("lines", Clock())
+    a = trial("a", 0.5)
+    view.on_trial_start(0, [a], a)
+    view.on_trial_result(0, [a], a, {**epoch_result(3), m.VALID_PPL: 2.7704227566597833e97})
+    assert (
+        "max_grad_norm=0.5, lr_decay=0.5, seed=0: epoch 3/4, valid_ppl 2.77e+97, 100 s" in out.getvalue().splitlines()
+    )
+
+
 def test_live_view_draws_on_a_terminal_and_leaves_its_last_frame():
     clock = Clock()
     view, out = tracker("live", clock)

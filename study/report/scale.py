@@ -37,9 +37,9 @@ def off_scale(values: Iterable[float], top: float) -> np.ndarray:
     return np.isfinite(array) & (array > top) if math.isfinite(top) else np.zeros(array.shape, bool)
 
 
-def ppl_text(value: float) -> str:
-    """117.3, and 3.26e+13 for the values that would not fit a table's column or a heatmap's cell."""
-    return f"{value:.1f}" if abs(value) < 1e5 else f"{value:.3g}"
+def ppl_text(value: float, decimals: int = 1) -> str:
+    """117.3, and 3.26e+13 for the values that would not fit a table's column, a heatmap's cell or a line."""
+    return f"{value:.{decimals}f}" if abs(value) < 1e5 else f"{value:.3g}"
 
 
 def ppl_with_interval(row: Mapping[str, Any], name: str) -> str:

@@ -36,6 +36,7 @@ from study import metrics as m
 from study.config import flatten_cases
 from study.labels import setting_label
 from study.redact import redact
+from study.report.scale import ppl_text
 from study.sweep.closing import interruption_lines, latest_error
 from study.sweep.estimate import Calibration, brackets, expected_epochs, format_duration
 from study.sweep.prefix import PREFIX_REFUSED
@@ -186,13 +187,13 @@ class SweepProgress(tune.Callback):
         if result.get(m.SHARED_PREFIX):  # trained once by another trial: neither work done here nor a timing
             view.shared += 1
             self._say(
-                f"{view.label}: epoch {view.epochs}/{self.epochs} from its shared prefix, {m.VALID_PPL} {result.get(m.VALID_PPL, math.nan):.2f}"
+                f"{view.label}: epoch {view.epochs}/{self.epochs} from its shared prefix, {m.VALID_PPL} {ppl_text(result.get(m.VALID_PPL, math.nan), 2)}"
             )
             return
         if m.EPOCH_SECONDS in result:
             self.epoch_seconds.append(result[m.EPOCH_SECONDS])
         self._say(
-            f"{view.label}: epoch {view.epochs}/{self.epochs}, {m.VALID_PPL} {result.get(m.VALID_PPL, math.nan):.2f}, {result.get(m.EPOCH_SECONDS, 0):.0f} s"
+            f"{view.label}: epoch {view.epochs}/{self.epochs}, {m.VALID_PPL} {ppl_text(result.get(m.VALID_PPL, math.nan), 2)}, {result.get(m.EPOCH_SECONDS, 0):.0f} s"
         )
         self._draw(force=True)
 
@@ -202,7 +203,7 @@ class SweepProgress(tune.Callback):
         how = (
             f"diverged at epoch {view.epochs}"
             if view.state == m.DIVERGED
-            else f"finished, {m.TEST_PPL} {trial.last_result[m.TEST_PPL]:.2f}"
+            else f"finished, {m.TEST_PPL} {ppl_text(trial.last_result[m.TEST_PPL], 2)}"
             if view.state == m.COMPLETED
             else f"stopped by ASHA after epoch {view.epochs}"
         )
