@@ -196,6 +196,16 @@ class Cluster:
             shutil.rmtree(temp, ignore_errors=True)
 
 
+def logged_rows(head_temp: Path) -> list[dict]:
+    """Every result the job's driver has logged so far (a line it is still writing is left out)."""
+    rows = []
+    for log in head_temp.glob("session_*/artifacts/*/cluster/driver_artifacts/*/result.json"):
+        for line in log.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                rows.append(json.loads(line))
+    return rows
+
+
 @pytest.fixture
 def cluster(tmp_path):
     made = Cluster(tmp_path)
@@ -206,14 +216,14 @@ def cluster(tmp_path):
 
 
 def test_ray_job_submit_runs_a_sweep_on_both_nodes_and_survives_losing_one(cluster, tiny_corpus_dir, tmp_path):
-    """One job loses the worker node once one of its trials there has finished an epoch: those
+    """One job loses the worker node once one of its trials there has finished two epochs: those
     trials go on from their checkpoints on the head (test_sweep checks that such a trial ends as an
     undisturbed one does). Beside it, a job without --storage is refused in one line."""
     space = tmp_path / "cluster.yaml"
     space.write_text(SPACE)
     shared = tmp_path / "shared"
-    train = tiny_corpus_dir / "ptb.train.txt"  # 25 times the tiny corpus: epochs long enough to die inside
-    train.write_text(train.read_text() * 25)
+    train = tiny_corpus_dir / "ptb.train.txt"  # 100 times the tiny corpus: epochs long enough to die inside
+    train.write_text(train.read_text() * 100)
     common = [str(space), "--data-dir", str(tiny_corpus_dir)]
 
     worker_id = next(n["NodeID"] for n in cluster.nodes() if "node:__internal_head__" not in n["Resources"])
@@ -223,11 +233,12 @@ def test_ray_job_submit_runs_a_sweep_on_both_nodes_and_survives_losing_one(clust
     assert "error: --storage: a sweep on a cluster of 2 nodes needs one that every node and you can reach" in refused
     experiment = shared / "hit" / "cluster"
     # The job's driver logs each epoch on the head at once (its staging folder in the head's temp dir);
-    # storage gets the logs only at Ray's uploads, seconds later, when the trial may have ended.
-    logs = Path(cluster.temps[0]).glob
+    # storage gets the logs only at Ray's uploads, seconds later, when the trial may have ended. A trial's
+    # second epoch there means Tune has taken its first checkpoint: the restart goes on from it.
+    staging = Path(cluster.temps[0])
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not any(
-        worker_id in path.read_text() for path in logs("session_*/artifacts/*/cluster/driver_artifacts/*/result.json")
+        row.get("node_id") == worker_id and row.get("epoch", 0) >= 2 for row in logged_rows(staging)
     ):
         time.sleep(0.2)
     cluster.kill_worker()
