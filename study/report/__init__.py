@@ -9,6 +9,7 @@ What the sweep and users import is listed here; the modules behind it are the wi
 from study.report.build import ReportFailed, ReportPaths, write_report
 from study.report.collect import Experiment, collect, load_experiment
 from study.report.provenance import code_versions, git_state
+from study.report.scale import ppl_text
 
 __all__ = [
     "Experiment",
@@ -18,5 +19,6 @@ __all__ = [
     "collect",
     "git_state",
     "load_experiment",
+    "ppl_text",
     "write_report",
 ]

@@ -36,7 +36,7 @@ from study import metrics as m
 from study.config import flatten_cases
 from study.labels import setting_label
 from study.redact import redact
-from study.report.scale import ppl_text
+from study.report import ppl_text
 from study.sweep.closing import interruption_lines, latest_error
 from study.sweep.estimate import Calibration, brackets, expected_epochs, format_duration
 from study.sweep.prefix import PREFIX_REFUSED
