@@ -88,9 +88,9 @@ def compare(trials: pd.DataFrame, factors: list[Factor]) -> pd.DataFrame:
         row["setting"] = setting_label(first, keys, cases) or "all trials"
         row["n_trials"] = len(group)
         row["n_seeds"] = int(group[SEED].nunique()) if SEED in group else len(group)
-        for name, count, subset in (("best_valid_ppl", "n_valid", ranked), ("test_ppl", "n_test", completed)):
+        for name, subset in (("best_valid_ppl", ranked), ("test_ppl", completed)):
             n, mean, std, low, high = interval(subset[name])
-            row[count] = n
+            row[count_column(name)] = n
             row.update({f"{name}_mean": mean, f"{name}_std": std, f"{name}_ci95_low": low, f"{name}_ci95_high": high})
         row["epochs_run_mean"] = float(group["epochs_run"].mean())
         for status in m.FINISHED:
@@ -98,9 +98,9 @@ def compare(trials: pd.DataFrame, factors: list[Factor]) -> pd.DataFrame:
         row["n_unfinished"] = int(group["status"].isin(m.UNFINISHED).sum())
         rows.append(row)
     statistics = [
-        f"{part}"
-        for name, count in (("best_valid_ppl", "n_valid"), ("test_ppl", "n_test"))
-        for part in (count, f"{name}_mean", f"{name}_std", f"{name}_ci95_low", f"{name}_ci95_high")
+        part
+        for name in ("best_valid_ppl", "test_ppl")
+        for part in (count_column(name), f"{name}_mean", f"{name}_std", f"{name}_ci95_low", f"{name}_ci95_high")
     ]
     counts = [f"n_{status}" for status in (*m.FINISHED, "unfinished")]
     columns = [*keys, "setting", "n_trials", "n_seeds", *statistics, "epochs_run_mean", *counts]
@@ -119,10 +119,15 @@ def noise_of(trials: pd.DataFrame, keys: list[str], name: str) -> SeedNoise | No
     return seed_noise(trials[name], groups)
 
 
+def count_column(name: str) -> str:
+    """The comparison's column that counts the trials behind `name`'s mean (best_valid_ppl or test_ppl)."""
+    return "n_valid" if name == "best_valid_ppl" else "n_test"
+
+
 def _pooled_intervals(table: pd.DataFrame, name: str, trials: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Each setting's 95% interval of `name` from the pooled seed noise when the settings share it
     (t with the pooled degrees of freedom), else the per-setting t interval; `<name>_ci_method` says which."""
-    count = "n_valid" if name == "best_valid_ppl" else "n_test"
+    count = count_column(name)
     noise = noise_of(trials, keys, name) if len(trials) else None
     methods = []
     for i, row in table.iterrows():

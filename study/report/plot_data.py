@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from study.report.comparison import count_column
+
 
 @dataclass(frozen=True)
 class PlotData:
@@ -40,9 +42,7 @@ class PlotData:
 
 def interval_words(table: pd.DataFrame, name: str, lead: str) -> str:
     """What the plot's intervals are (after `lead`), from comparison.parquet's `<name>_ci_method`."""
-    shown = table.loc[table[f"n_{'valid' if name == 'best_valid_ppl' else 'test'}"] > 0, f"{name}_ci_method"].astype(
-        str
-    )
+    shown = table.loc[table[count_column(name)] > 0, f"{name}_ci_method"].astype(str)
     pooled, own = shown.str.startswith("pooled").any(), shown.str.startswith("per-setting").any()
     if pooled:
         return f"{lead}95% interval, from the seed noise pooled over the settings"

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from study.report.comparison import count_column
+
 FACTOR = 10.0  # a value more than FACTOR times the lowest is off the scale
 
 
@@ -45,7 +47,7 @@ def ppl_text(value: float, decimals: int = 1) -> str:
 def ppl_with_interval(row: Mapping[str, Any], name: str) -> str:
     """A comparison row's mean of `name` (best_valid_ppl or test_ppl) with its 95% interval and n:
     "117.3 [95% CI 116.9, 117.7], n=2", or "117.3 (n=1, no interval)"."""
-    n = int(row[f"n_{'valid' if name == 'best_valid_ppl' else 'test'}"])
+    n = int(row[count_column(name)])
     if math.isnan(row[f"{name}_ci95_low"]):
         return f"{ppl_text(row[f'{name}_mean'])} (n={n}, no interval)"
     low, high = ppl_text(row[f"{name}_ci95_low"]), ppl_text(row[f"{name}_ci95_high"])
