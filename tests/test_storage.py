@@ -231,10 +231,15 @@ def test_a_sweep_whose_storage_is_still_full_at_its_end_is_one_line_and_resumes_
     --resume continues the same trials from their checkpoints, as study's whole copy of Ray's state
     names them, instead of starting the sweep over."""
     disk = small_disk(tmp_path / "disk", size="4m")
+    # Epochs of a second, not milliseconds (40 times the tiny corpus): on a loaded machine the second
+    # trial's worker can take 15 s to start, and a trial of 16 tiny epochs had ended before the other
+    # trained its second, so that one trial completed instead of erroring.
+    train = tiny / "ptb.train.txt"
+    train.write_text(train.read_text() * 40)
     space = tmp_path / "full.yaml"
     space.write_text(
-        "description: storage that stays full\npreset: test\nfixed: {epochs: 16, max_words: 0}\n"
-        "vary:\n  max_grad_norm: {grid: [1.0, 5.0]}\nseeds: [0]\nscheduler: {grace_period: 16}\n"
+        "description: storage that stays full\npreset: test\nfixed: {epochs: 10, max_words: 0}\n"
+        "vary:\n  max_grad_norm: {grid: [1.0, 5.0]}\nseeds: [0]\nscheduler: {grace_period: 10}\n"
         "resources: {cpus_per_trial: 1}\n"
     )
     args = [str(space), "--storage", str(disk), "--data-dir", str(tiny), "--address", ray_session]
@@ -266,9 +271,9 @@ def test_a_sweep_whose_storage_is_still_full_at_its_end_is_one_line_and_resumes_
     assert "Traceback" not in resumed.stdout + resumed.stderr
     assert sorted(path.name for path in experiment.glob("train_trial_*")) == trials  # the same trials, not new ones
     table = pd.read_parquet(experiment / "trials.parquet")
-    assert set(table["status"]) == {"completed"} and table["epochs_run"].tolist() == [16, 16]
+    assert set(table["status"]) == {"completed"} and table["epochs_run"].tolist() == [10, 10]
     epochs = pd.read_parquet(experiment / "epochs.parquet")
-    assert epochs.groupby("trial_id")["epoch"].apply(list).tolist() == [list(range(1, 17))] * 2
+    assert epochs.groupby("trial_id")["epoch"].apply(list).tolist() == [list(range(1, 11))] * 2
     for trial in trials:  # went on from a checkpoint: its first epochs were not trained again
         reports = [json.loads(line) for line in (experiment / trial / "result.json").read_text().splitlines()]
         assert [report["epoch"] for report in reports].count(1) == 1, trial
