@@ -1,6 +1,9 @@
 """Fixtures shared by the test modules: the real PTB when the machine has it, a tiny corpus always."""
 
+import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,24 @@ _ROOT = Path(__file__).resolve().parents[1]
 # The project's CI machines carry PTB beside the checkout (../shared) or inside it (shared/).
 _PTB_CANDIDATES = (_ROOT.parent / "shared" / "data" / "ptb", _ROOT / "shared" / "data" / "ptb")
 _PTB_NAMES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
+_HOME = pytest.StashKey[str]()  # an xdist worker's own HOME, removed at its end
+
+
+def pytest_configure(config):
+    """Each pytest-xdist worker (`-n 2`, pyproject.toml) gets a HOME of its own, as separate test runs
+    do: a local Ray keeps its token in ~/.ray/auth_token, writing one where none is, so two Rays
+    started at once in one HOME can each write their own, and the first one's new workers read the
+    second's. The compiled row kernel is built into each HOME's cache (seconds)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        home = tempfile.mkdtemp(prefix=f"study-tests-{worker}-")
+        config.stash[_HOME] = home
+        os.environ["HOME"] = home
+
+
+def pytest_unconfigure(config):
+    if home := config.stash.get(_HOME, None):
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
