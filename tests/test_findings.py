@@ -73,7 +73,25 @@ def test_clipping_tables_give_each_threshold_by_epoch(tmp_path):
     assert clipped.splitlines()[2] == "| 1 | 10% | 10% | 10% |"  # the formula's clip fraction
     assert norms.splitlines()[2] == "| 1 | 2 | 3 | 4 |"  # median norm 1 + epoch
     assert text.endswith(
-        "grew from 2 in the first epoch to 4 in the last one shown (the median of the thresholds' means)."
+        "Across the 3 thresholds trained to epoch 3, the median gradient norm grew from 2 in epoch 1 to 4 in "
+        "epoch 3 (the median of the thresholds' means)."
+    )
+
+
+def test_how_the_norm_moved_compares_the_thresholds_that_reached_the_last_epoch(tmp_path):
+    """Thresholds stopped early (here 5 and none, after epoch 2, with norms of 50 in epoch 1) are left
+    out at both ends: the first epoch's median over all three would be 50, and "fell from 50 to 4"."""
+    loaded = experiment(tmp_path, {})
+    folder = Path(loaded.location.given)
+    for trial in range(4, 12):  # max_grad_norm 5 and none (tests/helpers.py: fake_experiment's order)
+        result = folder / f"t{trial:02d}" / "result.json"
+        lines = [json.loads(line) for line in result.read_text().splitlines()[:2]]
+        lines[0][m.GRAD_NORM_P50] = 50.0
+        result.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    text = clipping_text(load_experiment(str(folder)))
+    assert text.endswith(
+        "In the one threshold trained to epoch 3, the median gradient norm grew from 2 in epoch 1 to 4 in "
+        "epoch 3 (the median of the thresholds' means)."
     )
 
 

@@ -105,14 +105,19 @@ def clipping_text(experiment: Experiment) -> str | None:
     means = epochs[epochs[m.EPOCH].isin(shown)].groupby([CLIP_KEY, m.EPOCH])[[m.CLIP_FRACTION, m.GRAD_NORM_P50]].mean()
     clipped = _table(means[m.CLIP_FRACTION].unstack(m.EPOCH), shown, lambda v: f"{v:.0%}")
     norms = _table(means[m.GRAD_NORM_P50].unstack(m.EPOCH), shown, lambda v: f"{v:.3g}")
-    first, final = means[m.GRAD_NORM_P50].unstack(m.EPOCH).iloc[:, [0, -1]].median()
+    # The same thresholds at both ends: a threshold ASHA stopped early has no last epoch, and its
+    # first would shift the first epoch's median alone.
+    ends = means[m.GRAD_NORM_P50].unstack(m.EPOCH).iloc[:, [0, -1]].dropna()
+    (first_epoch, final_epoch), (first, final) = ends.columns, ends.median()
     moved = "grew" if final > first else "fell"
+    across = f"Across the {len(ends)} thresholds" if len(ends) > 1 else "In the one threshold"
+    across += f" trained to epoch {final_epoch}"
     return (
         "Share of training steps whose gradient clipping changed, by threshold (rows) and epoch (columns), "
         f"mean over the threshold's trials:\n\n{clipped}\n\n"
         "Gradient norm before clipping, the median over the epoch's steps, same layout:\n\n"
-        f"{norms}\n\nAcross thresholds, the median gradient norm {moved} from {first:.3g} in the first epoch to "
-        f"{final:.3g} in the last one shown (the median of the thresholds' means)."
+        f"{norms}\n\n{across}, the median gradient norm {moved} from {first:.3g} in epoch {first_epoch} to "
+        f"{final:.3g} in epoch {final_epoch} (the median of the thresholds' means)."
     )
 
 
