@@ -127,3 +127,29 @@ def test_bench_both_takes_turns_window_by_window(corpus):
     speeds = [[window.words_per_sec for window in own] for own in timed_windows(trainers, steps=2, windows=3)]
     assert order == ["fp32", "bf16"] * 4  # a warm-up pass, then three timed windows each
     assert [len(own) for own in speeds] == [3, 3] and all(speed > 0 for own in speeds for speed in own)
+
+
+def test_fp32_on_a_gpu_keeps_cudnns_rnn_out_of_tf32():
+    """PyTorch lets cuDNN's RNNs use TF32 (a 10-bit mantissa) by default; a Trainer on a GPU turns
+    that off (1.4e-4 between two computations of one gradient on an H200), and on the CPU leaves it."""
+    rnn = torch.backends.cudnn.rnn
+    new_api = hasattr(rnn, "fp32_precision")  # torch >= 2.9; allow_tf32 before
+
+    def tf32() -> bool:
+        return rnn.fp32_precision == "tf32" if new_api else torch.backends.cudnn.allow_tf32
+
+    before = rnn.fp32_precision if new_api else torch.backends.cudnn.allow_tf32
+    try:
+        if new_api:
+            rnn.fp32_precision = "tf32"
+        else:
+            torch.backends.cudnn.allow_tf32 = True
+        train.float32_rnn(torch.device("cpu"))
+        assert tf32()
+        train.float32_rnn(torch.device("cuda"))  # sets a flag only: runs without a GPU
+        assert not tf32()
+    finally:
+        if new_api:
+            rnn.fp32_precision = before
+        else:
+            torch.backends.cudnn.allow_tf32 = before

@@ -11,6 +11,8 @@ softmax layer sees a 2-D matrix, so its bias is fused into one matrix multiply (
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -65,9 +67,35 @@ class LSTMLanguageModel(nn.Module):
             embedded = nn.functional.embedding(x.t(), self.embedding.weight, sparse=True)
         else:
             embedded = self.embedding(x.t())  # [steps, batch, hidden]
-        hidden, state = self.lstm(self.input_dropout(embedded), state)
+        hidden, state = self.run_lstm(self.input_dropout(embedded), state)
         steps, batch, _ = hidden.shape
         return self.output_dropout(hidden).view(steps * batch, self.hidden_size), state
+
+    def run_lstm(self, inputs: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """self.lstm on inputs [steps, batch, hidden] from `state`. Under CUDA autocast to bfloat16 it
+        runs in bfloat16 itself, autocast off: autocast's cuDNN RNN wrapper casts to float16 whatever
+        dtype it was given, so "bf16" would train the LSTM in float16, without the loss scaling float16
+        needs. The weights are cast as autocast casts them (gradients flow to the float32 masters) and
+        handed to the op nn.LSTM.forward calls; cuDNN takes bfloat16 RNNs from 9.13. On the CPU
+        autocast runs the LSTM as asked."""
+        if inputs.is_cuda and torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16:
+            low = torch.bfloat16
+            with torch.autocast("cuda", enabled=False), warnings.catch_warnings():
+                # fresh casts are not in cuDNN's one weight buffer: it packs them per call, as autocast's wrapper does
+                warnings.filterwarnings("ignore", "RNN module weights are not part of single contiguous chunk")
+                hidden, h, c = torch._VF.lstm(
+                    inputs.to(low),
+                    (state[0].to(low), state[1].to(low)),
+                    [weight.to(low) for weight in self.lstm._flat_weights],
+                    True,  # biases
+                    self.num_layers,
+                    self.lstm.dropout,
+                    self.training,
+                    False,  # bidirectional
+                    False,  # batch_first
+                )
+            return hidden, (h, c)
+        return self.lstm(inputs, state)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
