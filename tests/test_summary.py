@@ -146,6 +146,31 @@ def test_a_crossed_study_gets_pooled_intervals_and_the_interaction_answered(tmp_
     assert "the settings share their seed noise" in summary
 
 
+def test_the_interaction_leaves_out_trials_that_never_beat_a_uniform_guess(tmp_path):
+    """The unclipped trials of grad_clip reach perplexities of 1e15-1e109 without a NaN: as the ANOVA's
+    y they made every effect 1e106 wide. They are left out, by setting, and the rest is fitted as if
+    they were never run (the cells and F of the test above)."""
+    offsets = {(1.0, 0.5): 0.0, (1.0, 1.0): 12.0, (5.0, 0.5): 8.0, (5.0, 1.0): 2.0, (math.inf, 0.5): 1e15}
+    offsets[math.inf, 1.0] = 1e109
+    trials = [
+        {"max_grad_norm": c, "lr_decay": d, "seed": s, "cell": offsets[c, d]}
+        for c in (1.0, 5.0, math.inf)
+        for d in (0.5, 1.0)
+        for s in (0, 1)
+    ]
+    vary = "  max_grad_norm: {grid: [1, 5, .inf]}\n  lr_decay: {grid: [0.5, 1.0]}"
+    experiment = fake_experiment(tmp_path / "unclipped", vary, trials, epochs=4)
+    write_report(str(experiment), quiet=True)
+    section = (experiment / "summary.md").read_text().split("## Interaction\n\n")[1].split("\n\n")[0]
+    assert (
+        "over 8 trials as seed replicates; 4 trial(s) that never did better than guessing uniformly among PTB's "
+        "10,000 words left out (best validation perplexity above 10,000: max_grad_norm=none with lr_decay 0.5, 1)."
+    ) in section
+    assert f"interaction F = {162 / (50 / 4):.2f}" in section
+    lead = section.split("by 2.00 ± ")[1].split(" ")[0]
+    assert float(lead) < 10  # the seed noise's, not the unclipped trials' 1e106
+
+
 CROSSED = """description: crossed
 preset: test
 fixed: {epochs: 2, max_words: 0}

@@ -11,7 +11,8 @@ than a per-setting t interval on 2 seeds (1 degree of freedom: 12.7 standard err
 factors: on each trial's best validation perplexity (as the tables) when every trial in the model
 completed, else on the validation perplexity at the last epoch that every trial reached (ASHA
 stopped some trials: their best is censored, comparing there keeps them in on equal terms);
-diverged, errored and unfinished trials are left out and counted. It says whether the best level of the first factor
+diverged, errored and unfinished trials are left out and counted, and so are trials that never
+did better than a uniform guess over the vocabulary (UNIFORM_GUESS), named by setting. It says whether the best level of the first factor
 depends on the second, the share of the variation each explains, and whether the winner beats the
 runner-up by more than the seed noise.
 """
@@ -28,6 +29,10 @@ from scipy import stats
 from study import metrics as m
 
 ALPHA = 0.05
+# PTB's vocabulary: the perplexity of guessing every word uniformly. A trial never below it learned
+# nothing (the unclipped reach 1e15-1e109 without a NaN, so they are not diverged); its perplexity,
+# as the model's y, would swamp every other effect and the residual (a ± of 1e106 on the winner's lead).
+UNIFORM_GUESS = 10_000
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ def interaction(trials: pd.DataFrame, epochs: pd.DataFrame, first: str, second: 
 
     usable = trials[trials["status"].isin(m.RANKED)]
     left_out = len(trials) - len(usable)
+    guessing = usable["best_valid_ppl"] > UNIFORM_GUESS
+    ignorant, usable = usable[guessing], usable[~guessing]
     epoch = common_epoch(epochs, usable)
     if epoch is None:
         return None
@@ -140,11 +147,26 @@ def interaction(trials: pd.DataFrame, epochs: pd.DataFrame, first: str, second: 
         f"Two-way ANOVA with interaction (statsmodels OLS, type-2 sums of squares; both settings as categories) of "
         f"{where}, over {len(data)} trials as seed replicates"
         + (f"; {left_out} diverged, errored or unfinished trial(s) left out" if left_out else "")
+        + _not_learned(ignorant, first, second, labels)
         + ". "
         f"{first} explains {effect('C(a)')}, {second} {effect('C(b)')}, their interaction {effect('C(a):C(b)')}, "
         f"seed noise the remaining {share['Residual']:.0%}. {verdict} The winner, {first}={win_a} with {second}={win_b} "
         f"({ranked['mean'].iloc[0]:.2f}), beats the runner-up, {first}={run_a} with {second}={run_b} "
         f"({ranked['mean'].iloc[1]:.2f}), by {gap:.2f} ± {half:.2f} (95%, from the residual seed noise, {df} df): {beats}."
+    )
+
+
+def _not_learned(ignorant: pd.DataFrame, first: str, second: str, labels) -> str:
+    """The clause on the trials left out for never beating a uniform guess, by setting; '' for none."""
+    if ignorant.empty:
+        return ""
+    settings = "; ".join(
+        f"{labels(first, a)} with {second} {', '.join(labels(second, b) for b in group[second].drop_duplicates())}"
+        for a, group in ignorant.sort_values([first, second], kind="stable").groupby(first, sort=False)
+    )
+    return (
+        f"; {len(ignorant)} trial(s) that never did better than guessing uniformly among PTB's {UNIFORM_GUESS:,} "
+        f"words left out (best validation perplexity above {UNIFORM_GUESS:,}: {first}={settings})"
     )
 
 
