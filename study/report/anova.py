@@ -11,8 +11,10 @@ than a per-setting t interval on 2 seeds (1 degree of freedom: 12.7 standard err
 factors: on each trial's best validation perplexity (as the tables) when every trial in the model
 completed, else on the validation perplexity at the last epoch that every trial reached (ASHA
 stopped some trials: their best is censored, comparing there keeps them in on equal terms);
-diverged, errored and unfinished trials are left out and counted, and so are trials that never
-did better than a uniform guess over the vocabulary (UNIFORM_GUESS), named by setting. It says whether the best level of the first factor
+diverged, errored and unfinished trials are left out and counted, and so are the blown-up ones
+(study.report.scale: best over ten times the lowest trial's), named by setting. grad_clip's unclipped
+trials reach 1e15-1e109 without a NaN: as the model's y they would swamp every effect and the
+residual (the winner's lead "1.49 ± 9e106", every F equal). It says whether the best level of the first factor
 depends on the second, the share of the variation each explains, and whether the winner beats the
 runner-up by more than the seed noise.
 """
@@ -29,10 +31,6 @@ from scipy import stats
 from study import metrics as m
 
 ALPHA = 0.05
-# PTB's vocabulary: the perplexity of guessing every word uniformly. A trial never below it learned
-# nothing (the unclipped reach 1e15-1e109 without a NaN, so they are not diverged); its perplexity,
-# as the model's y, would swamp every other effect and the residual (a ± of 1e106 on the winner's lead).
-UNIFORM_GUESS = 10_000
 
 
 @dataclass(frozen=True)
@@ -88,10 +86,17 @@ def interaction(trials: pd.DataFrame, epochs: pd.DataFrame, first: str, second: 
     from statsmodels.formula.api import ols  # here, not at the top: about a second to import, for crossed studies only
     from statsmodels.stats.anova import anova_lm
 
+    from study.report.scale import (  # here: scale imports comparison, which imports this module
+        FACTOR,
+        off_scale,
+        scale_top,
+    )
+
     usable = trials[trials["status"].isin(m.RANKED)]
     left_out = len(trials) - len(usable)
-    guessing = usable["best_valid_ppl"] > UNIFORM_GUESS
-    ignorant, usable = usable[guessing], usable[~guessing]
+    best = trials["best_valid_ppl"].astype(float)
+    far = pd.Series(off_scale(best, scale_top(best)), index=trials.index)[usable.index]
+    blown, usable = usable[far], usable[~far]
     epoch = common_epoch(epochs, usable)
     if epoch is None:
         return None
@@ -147,7 +152,7 @@ def interaction(trials: pd.DataFrame, epochs: pd.DataFrame, first: str, second: 
         f"Two-way ANOVA with interaction (statsmodels OLS, type-2 sums of squares; both settings as categories) of "
         f"{where}, over {len(data)} trials as seed replicates"
         + (f"; {left_out} diverged, errored or unfinished trial(s) left out" if left_out else "")
-        + _not_learned(ignorant, first, second, labels)
+        + _blown_up(blown, first, second, labels, FACTOR)
         + ". "
         f"{first} explains {effect('C(a)')}, {second} {effect('C(b)')}, their interaction {effect('C(a):C(b)')}, "
         f"seed noise the remaining {share['Residual']:.0%}. {verdict} The winner, {first}={win_a} with {second}={win_b} "
@@ -156,17 +161,17 @@ def interaction(trials: pd.DataFrame, epochs: pd.DataFrame, first: str, second: 
     )
 
 
-def _not_learned(ignorant: pd.DataFrame, first: str, second: str, labels) -> str:
-    """The clause on the trials left out for never beating a uniform guess, by setting; '' for none."""
-    if ignorant.empty:
+def _blown_up(blown: pd.DataFrame, first: str, second: str, labels, factor: float) -> str:
+    """The clause on the trials left out as blown up (off the plots' scale), by setting; '' for none."""
+    if blown.empty:
         return ""
     settings = "; ".join(
         f"{labels(first, a)} with {second} {', '.join(labels(second, b) for b in group[second].drop_duplicates())}"
-        for a, group in ignorant.sort_values([first, second], kind="stable").groupby(first, sort=False)
+        for a, group in blown.sort_values([first, second], kind="stable").groupby(first, sort=False)
     )
     return (
-        f"; {len(ignorant)} trial(s) that never did better than guessing uniformly among PTB's {UNIFORM_GUESS:,} "
-        f"words left out (best validation perplexity above {UNIFORM_GUESS:,}: {first}={settings})"
+        f"; {len(blown)} blown-up trial(s) left out (best validation perplexity over {factor:g} times the lowest "
+        f"trial's, see Divergence: {first}={settings})"
     )
 
 
