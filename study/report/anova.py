@@ -86,16 +86,11 @@ def interaction(trials: pd.DataFrame, epochs: pd.DataFrame, first: str, second: 
     from statsmodels.formula.api import ols  # here, not at the top: about a second to import, for crossed studies only
     from statsmodels.stats.anova import anova_lm
 
-    from study.report.scale import (  # here: scale imports comparison, which imports this module
-        FACTOR,
-        off_scale,
-        scale_top,
-    )
+    from study.report.scale import FACTOR, blown_up  # here: scale imports comparison, which imports this module
 
     usable = trials[trials["status"].isin(m.RANKED)]
     left_out = len(trials) - len(usable)
-    best = trials["best_valid_ppl"].astype(float)
-    far = pd.Series(off_scale(best, scale_top(best)), index=trials.index)[usable.index]
+    far = pd.Series(blown_up(trials), index=trials.index)[usable.index]
     blown, usable = usable[far], usable[~far]
     epoch = common_epoch(epochs, usable)
     if epoch is None:

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from study.report.comparison import count_column
 
@@ -37,6 +38,13 @@ def off_scale(values: Iterable[float], top: float) -> np.ndarray:
     """Which of `values` lie above `top` (finite ones only; inf is diverged, shown as such)."""
     array = np.asarray([float(v) for v in values], dtype=float)
     return np.isfinite(array) & (array > top) if math.isfinite(top) else np.zeros(array.shape, bool)
+
+
+def blown_up(trials: pd.DataFrame) -> np.ndarray:
+    """Which `trials` blew up: their best validation perplexity finite and over FACTOR times the
+    lowest trial's (the summary's Divergence section names them, the ANOVA leaves them out)."""
+    best = trials["best_valid_ppl"].astype(float)
+    return off_scale(best, scale_top(best))
 
 
 def ppl_text(value: float, decimals: int = 1) -> str:

@@ -23,7 +23,7 @@ from study.report.comparison import Pivot, noise_of, sampled_keys, setting_keys
 from study.report.findings import clipping_text, reference_text
 from study.report.planned import Plan, study_plan
 from study.report.provenance import space_description, trained_by
-from study.report.scale import FACTOR, off_scale, ppl_text, ppl_with_interval, scale_top
+from study.report.scale import FACTOR, blown_up, ppl_text, ppl_with_interval
 from study.storage import split_location
 from study.tables import COMPARISON, EPOCHS, STUDY_FILE, TRIALS
 
@@ -320,8 +320,7 @@ def _in_setting(trials: pd.DataFrame, row: pd.Series, keys: list[str]) -> pd.Ser
 def _blown_up(trials: pd.DataFrame, keys: list[str]) -> str:
     """The trials whose loss stayed finite but whose best validation perplexity is off the plots' scale
     (study.report.scale): not diverged by the definition, yet no model either."""
-    best = trials["best_valid_ppl"].astype(float)
-    far = trials[off_scale(best, scale_top(best))]
+    far = trials[blown_up(trials)]
     if far.empty:
         return ""
     listed = "\n".join(
@@ -331,5 +330,5 @@ def _blown_up(trials: pd.DataFrame, keys: list[str]) -> str:
     )
     return (
         f"\n\n{len(far)} blew up without diverging: the loss stayed finite, but the best validation perplexity is over "
-        f"{FACTOR:g} times the lowest trial's ({ppl_text(best.min())}); the plots mark it off their scale:\n\n{listed}"
+        f"{FACTOR:g} times the lowest trial's ({ppl_text(trials['best_valid_ppl'].astype(float).min())}); the plots mark it off their scale:\n\n{listed}"
     )

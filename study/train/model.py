@@ -87,12 +87,12 @@ class LSTMLanguageModel(nn.Module):
                     inputs.to(low),
                     (state[0].to(low), state[1].to(low)),
                     [weight.to(low) for weight in self.lstm._flat_weights],
-                    True,  # biases
-                    self.num_layers,
+                    self.lstm.bias,
+                    self.lstm.num_layers,
                     self.lstm.dropout,
                     self.training,
-                    False,  # bidirectional
-                    False,  # batch_first
+                    self.lstm.bidirectional,
+                    self.lstm.batch_first,
                 )
             return hidden, (h, c)
         return self.lstm(inputs, state)
