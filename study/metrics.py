@@ -32,6 +32,9 @@ EPOCH_METRICS = (
 # The trainable adds it to every report: True for an epoch the trial took from a shared prefix
 # (study/sweep/prefix.py) instead of training it; its seconds were spent by the trial that trained it.
 SHARED_PREFIX = "shared_prefix"
+# And, in each report and checkpoint after a trial took a stored prefix, how many epochs it took:
+# a resumed sweep's driver sees only each trial's last report (study/sweep/progress.py).
+SHARED_EPOCHS = "shared_prefix_epochs"
 
 # And where the epoch trained: Ray's node id (nodes on one host share an IP), the device type, the
 # CPU's model and, on a GPU, the GPU's name. Processors differ in the last bits of their results.

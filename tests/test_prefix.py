@@ -196,6 +196,9 @@ def test_a_fork_is_bit_identical_to_training_the_prefix(tiny_corpus_dir, tmp_pat
         assert shared == [True] and reports[0][m.DIVERGED] and reports[0][m.VALID_PPL] == math.inf
     else:
         assert shared == [True, True, False, False]
+    # Each epoch the fork trains says how many it took from the prefix: a resumed driver sees only the last.
+    assert [report.get(m.SHARED_EPOCHS) for report in reports] == [None if flag else 2 for flag in shared]
+    reports = [{key: value for key, value in report.items() if key != m.SHARED_EPOCHS} for report in reports]
     assert untimed(reports) == untimed([{**report, m.SHARED_PREFIX: flag} for report, flag in zip(trained, shared)])
     same_state(forked.state_dict()["model"], alone.state_dict()["model"])
     same_state(forked.state_dict()["optimizer"], alone.state_dict()["optimizer"])
@@ -289,6 +292,24 @@ def test_a_trial_retried_inside_its_prefix_stores_every_epoch_of_it(tiny_corpus_
     bare.load_state_dict(checkpoint)
     blind.after_epoch(bare, {**bare.run_epoch(), m.SHARED_PREFIX: False})
     assert not plan.is_stored(prefix.key)
+
+
+def test_a_fork_retried_from_its_checkpoint_still_says_how_many_epochs_it_took(tiny_corpus_dir, tmp_path):
+    corpus = load_corpus(tiny_corpus_dir)
+    first, second = (make_config({"epochs": 4, "decay_start": 2, "lr_decay": d}, preset="test") for d in (0.5, 0.9))
+    plan = plan_for(first, tmp_path)
+    run_trial(first, corpus, plan, "first")
+    trainer, fork = Trainer(second, corpus), TrialPrefix(plan, plan.prefix(second), corpus.sha256, "second")
+    assert len(fork.take(trainer)) == 2
+    third = fork.noted({**trainer.run_epoch(), m.SHARED_PREFIX: False})
+    checkpoint = {**trainer.state_dict(), **fork.after_epoch(trainer, third)}  # what the trainable saves
+    assert third[m.SHARED_EPOCHS] == checkpoint[m.SHARED_EPOCHS] == 2
+    retried, again = Trainer(second, corpus), TrialPrefix(plan, plan.prefix(second), corpus.sha256, "second")
+    retried.load_state_dict(checkpoint)
+    again.resume(checkpoint)  # a new worker: it takes nothing from the store, but knows what it took
+    fourth = again.noted({**retried.run_epoch(), m.SHARED_PREFIX: False})
+    assert fourth[m.EPOCH] == 4 and fourth[m.SHARED_EPOCHS] == 2
+    assert again.after_epoch(retried, fourth) == {m.SHARED_EPOCHS: 2}
 
 
 def test_prefixes_are_stored_on_s3_storage(tiny_corpus_dir, s3_bucket):

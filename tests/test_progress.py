@@ -175,6 +175,18 @@ def test_a_resumed_sweep_counts_the_trials_finished_before():
     assert not view.interrupted
 
 
+def test_a_resumed_sweep_counts_the_epochs_its_forks_took_from_a_prefix_as_shared():
+    """Only a trial's last report reaches a resumed driver: a fork's says how many of its epochs it
+    took from its shared prefix, which its leader trained and the count already has."""
+    view, _ = tracker("quiet", Clock(), total_trials=3)
+    leader, fork, forking = trial("a", 1.0, epoch=6), trial("b", 1.0, epoch=7), trial("c", 1.0, epoch=4)
+    fork.last_result[m.SHARED_EPOCHS] = 4
+    forking.last_result[m.SHARED_PREFIX] = True  # stopped right after taking its prefix
+    view.on_step_begin(0, [leader, fork, forking])
+    assert [(view.views[t].epochs, view.views[t].shared) for t in "abc"] == [(6, 0), (7, 4), (4, 4)]
+    assert view.done_epochs == 6 + 3
+
+
 def test_trials_are_labelled_as_the_report_labels_their_settings():
     grad_clip, clip_modes = load_space("grad_clip"), load_space("clip_modes")
     assert (

@@ -51,6 +51,16 @@ def latest_error(trial) -> str:
     return redact(lines[-1]) if lines else "no error text kept"
 
 
+def finished_status(trial) -> str:
+    """The status (study.metrics.STATUSES) of a trial that Tune has finished, as the report will name it."""
+    last = trial.last_result or {}
+    if trial.status == "ERROR":
+        return m.ERROR
+    if last.get(m.DIVERGED):
+        return m.DIVERGED
+    return m.COMPLETED if m.TEST_PPL in last else m.STOPPED_EARLY
+
+
 def closing_summary(options: SweepOptions, results: tune.ResultGrid, resume_with: str | None = None) -> str:
     """The lines printed when the sweep ends: errors and where the results are. The best setting is
     the report's to name (printed just before, in its labels, ranked as its tables rank settings)."""

@@ -172,6 +172,7 @@ class TrialPrefix:
         self.reports: list[dict[str, Any]] = []  # this trial's reports of the prefix epochs it trained
         self.replace = False  # the stored prefix failed its checks: store this trial's instead
         self.refused: str | None = None  # why, one line with credentials masked, until a report says it
+        self.taken = 0  # epochs taken from the stored prefix: SHARED_EPOCHS in each later report and checkpoint
 
     def take(self, trainer) -> list[dict[str, Any]]:
         """Load the stored prefix into `trainer` and return its epochs' reports, `shared_prefix`
@@ -190,27 +191,33 @@ class TrialPrefix:
             return []
         trainer.load_state_dict(found["run"])
         shared = found.get("trial") != self.trial_id
+        self.taken = len(found["reports"]) if shared else 0
         return [{**report, m.SHARED_PREFIX: shared} for report in found["reports"]]
 
     def noted(self, report: dict[str, Any]) -> dict[str, Any]:
-        """`report` with the refusal of the stored prefix under PREFIX_REFUSED, in the first report
-        after `take` refused it: the driver's console prints it (study/sweep/progress.py), where the
-        warning reaches only Ray's worker logs. The report's tables leave the key out."""
+        """`report` with the epochs taken from the stored prefix (SHARED_EPOCHS), and with the
+        refusal of the stored prefix under PREFIX_REFUSED in the first report after `take` refused
+        it: the driver's console prints it (study/sweep/progress.py), where the warning reaches only
+        Ray's worker logs. The report's tables leave both keys out."""
+        if self.taken:
+            report = {**report, m.SHARED_EPOCHS: self.taken}
         if self.refused is None:
             return report
         refused, self.refused = self.refused, None
         return {**report, PREFIX_REFUSED: refused}
 
     def resume(self, state: dict[str, Any]) -> None:
-        """A trial restored from its own checkpoint takes back its reports of the prefix so far."""
+        """A trial restored from its own checkpoint takes back its reports of the prefix so far, or
+        the count of the epochs it took from the stored one."""
         self.reports = list(state.get(REPORTS, []))
+        self.taken = int(state.get(m.SHARED_EPOCHS, 0))
 
     def after_epoch(self, trainer, report: dict[str, Any]) -> dict[str, Any]:
         """Keep the report of an epoch inside the prefix; after its last one (or a divergence),
         store the prefix unless another trial has. Returns what the trial's checkpoint must hold
         besides the run state, so that a retry from it can still store the prefix."""
         if trainer.epoch > self.prefix.epochs:
-            return {}
+            return {m.SHARED_EPOCHS: self.taken} if self.taken else {}
         # Not the refusal: the trials that fork from this prefix refused nothing.
         self.reports.append({key: value for key, value in report.items() if _plain(value) and key != PREFIX_REFUSED})
         if trainer.epoch < self.prefix.epochs and not trainer.diverged:

@@ -37,7 +37,7 @@ from study.config import flatten_cases
 from study.labels import setting_label
 from study.redact import redact
 from study.report import ppl_text
-from study.sweep.closing import interruption_lines, latest_error
+from study.sweep.closing import finished_status, interruption_lines, latest_error
 from study.sweep.estimate import Calibration, brackets, expected_epochs, format_duration
 from study.sweep.prefix import PREFIX_REFUSED
 from study.sweep.spaces import Space, trial_config
@@ -60,16 +60,6 @@ def trial_label(config: dict[str, Any], space: Space, keys: list[str] | None = N
     return setting_label(run, space.varied_keys() if keys is None else keys, flatten_cases(config)[1])
 
 
-def finished_status(trial) -> str:
-    """The status (study.metrics.STATUSES) of a trial that Tune has finished, as the report will name it."""
-    last = trial.last_result or {}
-    if trial.status == "ERROR":
-        return m.ERROR
-    if last.get(m.DIVERGED):
-        return m.DIVERGED
-    return m.COMPLETED if m.TEST_PPL in last else m.STOPPED_EARLY
-
-
 @dataclass
 class TrialView:
     label: str  # the trial's varied settings
@@ -79,6 +69,11 @@ class TrialView:
     started: float = 0.0  # clock when its current epoch began
     fraction: float = 0.0  # of the current epoch, from the board
     words_per_sec: float = 0.0
+
+    def restore(self, last: dict[str, Any]) -> None:
+        """Its epochs from its last report alone (a resumed sweep's): a fork's says how many it took."""
+        self.epochs = last.get(m.EPOCH, 0)
+        self.shared = self.epochs if last.get(m.SHARED_PREFIX) else last.get(m.SHARED_EPOCHS, 0)
 
 
 class SweepProgress(tune.Callback):
@@ -164,7 +159,7 @@ class SweepProgress(tune.Callback):
                 view = self._view(trial)
                 if trial.status in ("TERMINATED", "ERROR"):
                     view.state = finished_status(trial)
-                view.epochs = (trial.last_result or {}).get(m.EPOCH, 0)
+                view.restore(trial.last_result or {})
         self._poll()
         self._draw()
 
@@ -227,7 +222,7 @@ class SweepProgress(tune.Callback):
             for trial in trials:
                 if trial.status in ("TERMINATED", "ERROR"):
                     self._view(trial).state = finished_status(trial)
-                    self._view(trial).epochs = (trial.last_result or {}).get(m.EPOCH, 0)
+                    self._view(trial).restore(trial.last_result or {})
         if not self.stopping:
             self._poll(wait=True)
         self.close()
