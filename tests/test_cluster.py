@@ -4,6 +4,7 @@ processes on this machine (own ports, temp dirs and HOME, so the token Ray write
 killed while the sweep runs: its trial goes on from its checkpoint on the head."""
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -53,6 +54,7 @@ class Cluster:
     def __init__(self, root: Path, head_resources: tuple[str, ...] = ("--num-cpus", "1"), worker: bool = True):
         self.root = root
         self.temps: list[str] = []
+        self.head = self.worker = None
         home = root / "home"
         home.mkdir()
         self.env = {
@@ -85,9 +87,15 @@ class Cluster:
                 *head_resources,
             ],
         )
-        self._wait(lambda: self._answers(self.dashboard), "the head's dashboard")
-        self.worker = self._start("worker", ["--address", self.address, "--num-cpus", "1"]) if worker else None
-        self._wait(lambda: len(self.nodes()) == (2 if worker else 1), "the nodes")
+        try:
+            self._wait(lambda: self._answers(self.dashboard), "the head's dashboard")
+            if worker:
+                self.worker = self._start("worker", ["--address", self.address, "--num-cpus", "1"])
+            # A busy two-core machine can take over a minute to register a node: ask until it has.
+            self._wait(lambda: len(self.nodes()) == (2 if worker else 1), "the nodes", timeout=180)
+        except BaseException:
+            self.stop()  # a cluster that never came up leaves no process behind
+            raise
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         agent, grpc, runtime_env, metrics, manager, objects = free_ports(6)
@@ -129,21 +137,26 @@ class Cluster:
         deadline = time.monotonic() + timeout
         while not ready():
             assert time.monotonic() < deadline, f"{what} not up; logs in {self.root}"
-            for node in (getattr(self, "head", None), getattr(self, "worker", None)):
+            for node in (self.head, self.worker):
                 assert node is None or node.poll() is None, (
                     f"a node ended while waiting for {what}; logs in {self.root}"
                 )
             time.sleep(0.5)
 
     def nodes(self) -> list[dict]:
+        """The live nodes; none while a driver cannot connect yet (Ray's own wait for a local node it
+        can attach to is a minute, which a busy machine can outlast: `_wait` asks again)."""
         script = "import json, ray; ray.init(address='auto', logging_level='ERROR'); print(json.dumps(ray.nodes()))"
-        done = subprocess.run(
-            [sys.executable, "-c", script],
-            env={**self.env, "RAY_ADDRESS": self.address},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", script],
+                env={**self.env, "RAY_ADDRESS": self.address},
+                capture_output=True,
+                text=True,
+                timeout=75,
+            )
+        except subprocess.TimeoutExpired:
+            return []
         return [n for n in json.loads(done.stdout.splitlines()[-1]) if n["Alive"]] if done.returncode == 0 else []
 
     def submit(self, *args: str) -> subprocess.Popen:
@@ -204,6 +217,16 @@ def logged_rows(head_temp: Path) -> list[dict]:
             with contextlib.suppress(ValueError):
                 rows.append(json.loads(line))
     return rows
+
+
+@pytest.fixture(autouse=True)
+def one_cluster_at_a_time():
+    """xdist runs this file's tests in two processes: two clusters started side by side on two cores
+    took over a minute to register a node in CI. The tests take turns (a lock in /tmp, which any
+    other test run on this machine honours too)."""
+    with open(Path(tempfile.gettempdir()) / "study-cluster-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture
