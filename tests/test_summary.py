@@ -132,14 +132,14 @@ def test_a_crossed_study_gets_pooled_intervals_and_the_interaction_answered(tmp_
     assert "at epoch 2, the last epoch every trial in the model reached (1 trial(s) stopped by ASHA" in section
     assert "over 8 trials" in section and f"interaction F = {162 / (50 / 4):.2f}" in section
     assert (
-        "The best max_grad_norm **depends on lr_decay** (interaction F = 12.96, p = 0.023): it is 1 at lr_decay 0.5, none at lr_decay 1."
+        "The best max_grad_norm at epoch 2 **depends on lr_decay** (interaction F = 12.96, p = 0.023): it is 1 at lr_decay 0.5, none at lr_decay 1."
         in section
     )
     assert (
         "max_grad_norm explains 1% of the variation" in section and "their interaction 70% of the variation" in section
     )
     assert (
-        "The winner, max_grad_norm=1 with lr_decay=0.5 (112.50), beats the runner-up, max_grad_norm=none with lr_decay=1 (114.50), by 2.00"
+        "The winner at epoch 2, max_grad_norm=1 with lr_decay=0.5 (112.50), beats the runner-up, max_grad_norm=none with lr_decay=1 (114.50), by 2.00"
         in section
     )
     assert "within the seed noise" in section

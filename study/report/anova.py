@@ -126,7 +126,10 @@ def interaction(trials: pd.DataFrame, epochs: pd.DataFrame, first: str, second: 
     table = anova_lm(model, typ=2)
     best = cells["mean"].unstack("a").idxmin(axis=1)  # the best level of `first` at each level of `second`
     test = f"interaction F = {table.loc['C(a):C(b)', 'F']:.2f}, p = {table.loc['C(a):C(b)', 'PR(>F)']:.3f}"
-    verdict = _verdict(first, second, best, test, table.loc["C(a):C(b)", "PR(>F)"] < ALPHA)
+    # With ASHA's stops the model's y is the perplexity at `epoch`, not the tables' best: its winner can
+    # differ from the summary's headline (grad_clip: (5, 0.5) at epoch 6, (2, 0.5) by best), so say where.
+    at = f" at epoch {epoch}" if stopped else ""
+    verdict = _verdict(first, second, best, test, table.loc["C(a):C(b)", "PR(>F)"] < ALPHA, at)
     ranked = cells.sort_values("mean")
     (win_a, win_b), (run_a, run_b) = ranked.index[0], ranked.index[1]
     mse, df = model.mse_resid, int(model.df_resid)
@@ -150,7 +153,7 @@ def interaction(trials: pd.DataFrame, epochs: pd.DataFrame, first: str, second: 
         + _blown_up(blown, first, second, labels, FACTOR)
         + ". "
         f"{first} explains {effect('C(a)')}, {second} {effect('C(b)')}, their interaction {effect('C(a):C(b)')}, "
-        f"seed noise the remaining {share['Residual']:.0%}. {verdict} The winner, {first}={win_a} with {second}={win_b} "
+        f"seed noise the remaining {share['Residual']:.0%}. {verdict} The winner{at}, {first}={win_a} with {second}={win_b} "
         f"({ranked['mean'].iloc[0]:.2f}), beats the runner-up, {first}={run_a} with {second}={run_b} "
         f"({ranked['mean'].iloc[1]:.2f}), by {gap:.2f} ± {half:.2f} (95%, from the residual seed noise, {df} df): {beats}."
     )
@@ -174,11 +177,11 @@ def _levels(values: pd.Series, key: str, labels) -> list[str]:
     return list(dict.fromkeys(labels(key, v) for v in values))
 
 
-def _verdict(first: str, second: str, best: pd.Series, test: str, interacts: bool) -> str:
+def _verdict(first: str, second: str, best: pd.Series, test: str, interacts: bool, at: str) -> str:
     """Whether the best level of `first` depends on `second`, in words: the interaction test and
-    the best level of `first` at each level of `second` (`best`)."""
+    the best level of `first` at each level of `second` (`best`), measured `at` (" at epoch 6" or "")."""
     if best.nunique() == 1:
-        same = f"the best {first} is {best.iloc[0]} at every {second}"
+        same = f"the best {first}{at} is {best.iloc[0]} at every {second}"
         return (
             f"{first}'s effect **depends on {second}** ({test}), but {same}."
             if interacts
@@ -186,5 +189,5 @@ def _verdict(first: str, second: str, best: pd.Series, test: str, interacts: boo
         )
     each = ", ".join(f"{a} at {second} {b}" for b, a in best.items())
     if interacts:
-        return f"The best {first} **depends on {second}** ({test}): it is {each}."
-    return f"No detectable interaction ({test}): the best {first} is {each}, a change the seed noise can explain."
+        return f"The best {first}{at} **depends on {second}** ({test}): it is {each}."
+    return f"No detectable interaction ({test}): the best {first}{at} is {each}, a change the seed noise can explain."
