@@ -7,7 +7,9 @@ import math
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from study.report import plots
@@ -16,6 +18,7 @@ from study.report.build import _plot_data
 from study.report.collect import load_experiment
 from study.report.comparison import compare, pivot
 from study.report.planned import planned_settings
+from study.report.plot_data import interval_words
 
 from helpers import empty_experiment, fake_experiment
 
@@ -164,3 +167,44 @@ def test_a_blown_up_setting_is_marked_off_the_scale_and_leaves_the_others_their_
     bars = plots.test_ppl(data).axes[0]
     assert 90 < bars.get_ylim()[0] < bars.get_ylim()[1] < 200 and "3e+13" in [t.get_text() for t in bars.texts]
     assert all(max(line.get_ydata()) < 200 for line in bars.lines if line.get_marker() != "^")  # no line up to it
+
+
+@pytest.mark.parametrize(
+    ("methods", "lead", "words"),
+    [
+        (
+            ["pooled t, 8 df"] * 2,
+            "± half of ",
+            "± half of the 95% interval, from the seed noise pooled over the settings",
+        ),
+        (["per-setting t, 1 df"] * 2, "± half of ", "± half of each setting's 95% Student-t interval over its seeds"),
+        (
+            ["per-setting t, 1 df", "none"],
+            "bars: ",
+            "bars: each setting's 95% Student-t interval over its seeds; none for one trial",
+        ),
+    ],
+)
+def test_plot_titles_name_their_intervals_in_plain_words(methods, lead, words):
+    """The grad_clip heatmap's title read "± half of the each setting's ... interval": the lead and the
+    method's words make one phrase for both kinds of interval."""
+    table = pd.DataFrame({"n_valid": [2, 1], "best_valid_ppl_ci_method": methods})
+    assert interval_words(table, "best_valid_ppl", lead) == words
+
+
+def test_test_ppl_lines_break_where_asha_stopped_a_setting_and_the_legend_leaves_the_data_free(tmp_path):
+    """At real scale (grad_clip) a decay's line ran from max_grad_norm 1 to 20 over the thresholds ASHA
+    stopped, as if they had values in between, and the legend hid the 0.25 point in its corner."""
+    trials = [
+        {"max_grad_norm": c, "lr_decay": d, "seed": 0} | ({"stop": True} if (c, d) == (2.0, 0.5) else {})
+        for c in (1.0, 2.0, 5.0)
+        for d in (0.5, 1.0)
+    ]
+    vary = "  max_grad_norm: {grid: [1, 2, 5]}\n  lr_decay: {grid: [0.5, 1.0]}"
+    figure = plots.test_ppl(plot_data(fake_experiment(tmp_path / "gap", vary, trials, epochs=3, stopped_after=2)))
+    axes = figure.axes[0]
+    by_decay = {bars.get_label(): bars.lines[0].get_ydata() for bars in axes.containers}  # errorbar's own lines
+    assert math.isnan(by_decay["0.5"][1]) and not any(math.isnan(y) for y in by_decay["0.5"][[0, 2]])
+    assert not any(math.isnan(y) for y in by_decay["1"])
+    FigureCanvasAgg(figure).draw()
+    assert axes.get_legend().get_window_extent().x0 >= axes.get_window_extent().x1

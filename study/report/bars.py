@@ -21,7 +21,7 @@ from study.report.scale import off_scale, ppl_text, scale_top
 
 
 def test_ppl(data: PlotData) -> Figure:
-    figure = Figure(figsize=(7.5, 4.6), layout="constrained")
+    figure = Figure(figsize=(8.5, 4.6), layout="constrained")  # the legend beside the axes
     axes = figure.add_subplot()
     table = data.test[data.test["n_test"] > 0]
     if table.empty:
@@ -32,7 +32,9 @@ def test_ppl(data: PlotData) -> Figure:
     if data.colour_numeric:
         axis = numeric_axis(data.test["x"].astype(float))
         for i, line in enumerate(lines):
-            part = table[table["_col"] == line].sort_values("x")
+            # Every setting of the line, those without a test perplexity as gaps: a line across them
+            # (grad_clip's lr_decay 0.65 from max_grad_norm 1 to 20) read as values in between.
+            part = data.test[data.test["_col"] == line].sort_values("x")
             x = axis.offset(np.array([axis.positions[v] for v in part["x"].astype(float)]), i - (len(lines) - 1) / 2)
             _errorbars(axes, x, part, palette[line], line, limits[1], connect=not data.sampled)
         axis.apply(axes)
@@ -65,7 +67,10 @@ def test_ppl(data: PlotData) -> Figure:
         (h, label) for h, label in zip(*axes.get_legend_handles_labels()) if label != "mean"
     ]  # "mean": the one line
     if shown:
-        axes.legend(*zip(*shown), title=data.column_title or None, fontsize=8)
+        # Beside the axes, not over them: at real scale the best corner held data (grad_clip's 0.25).
+        axes.legend(
+            *zip(*shown), title=data.column_title or None, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1)
+        )
     axes.set_title(
         f"{data.study}: test perplexity of completed trials\n{interval_words(data.test, 'test_ppl', 'bars: ')}",
         fontsize=10,
@@ -91,7 +96,7 @@ def _errorbars(
     axes, x: np.ndarray, part: pd.DataFrame, colour, label: str, edge: float = math.inf, connect: bool = True
 ) -> None:
     """A setting's mean and interval per x; a mean past `edge` as a triangle on the edge with its value."""
-    if part.empty:
+    if part["test_ppl_mean"].isna().all():
         return
     mean = part["test_ppl_mean"].to_numpy(float)
     for where, value in zip(x[mean > edge], mean[mean > edge]):
@@ -106,7 +111,7 @@ def _errorbars(
             color=colour,
             annotation_clip=False,
         )
-    shown = mean <= edge  # the line joins these only: one up to 1e13 would stand like a bar
+    shown = ~(mean > edge)  # the line joins these only (one up to 1e13 would stand like a bar); NaN: a gap
     low = part["test_ppl_ci95_low"].to_numpy(float)[shown]
     high = part["test_ppl_ci95_high"].to_numpy(float)[shown]
     # np.nan where there is no interval: matplotlib draws no bar for it.

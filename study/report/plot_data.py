@@ -45,7 +45,7 @@ def interval_words(table: pd.DataFrame, name: str, lead: str) -> str:
     shown = table.loc[table[count_column(name)] > 0, f"{name}_ci_method"].astype(str)
     pooled, own = shown.str.startswith("pooled").any(), shown.str.startswith("per-setting").any()
     if pooled:
-        return f"{lead}95% interval, from the seed noise pooled over the settings"
+        return f"{lead}the 95% interval, from the seed noise pooled over the settings"
     if own:
         return f"{lead}each setting's 95% Student-t interval over its seeds" + (
             "; none for one trial" if shown.eq("none").any() else ""

@@ -113,7 +113,7 @@ def heatmap(data: PlotData) -> Figure:
     axes.set_yticks(range(rows), [str(r) for r in mean.index])
     axes.set_xlabel(data.column_title or "")
     axes.set_ylabel(data.row_title)
-    subtitle = interval_words(data.test, "best_valid_ppl", "± half of the ") + (
+    subtitle = interval_words(data.test, "best_valid_ppl", "± half of ") + (
         " (lower is better)" if values.count() else ""
     )
     if off.any():
