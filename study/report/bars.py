@@ -99,7 +99,8 @@ def _errorbars(
     if part["test_ppl_mean"].isna().all():
         return
     mean = part["test_ppl_mean"].to_numpy(float)
-    for where, value in zip(x[mean > edge], mean[mean > edge]):
+    over = mean > edge  # NaN (no test perplexity) is not over: it stays in the line as a gap
+    for where, value in zip(x[over], mean[over]):
         axes.plot(where, edge, "^", color=colour, markersize=7, clip_on=False)
         axes.annotate(
             ppl_text(value),
@@ -111,7 +112,7 @@ def _errorbars(
             color=colour,
             annotation_clip=False,
         )
-    shown = ~(mean > edge)  # the line joins these only (one up to 1e13 would stand like a bar); NaN: a gap
+    shown = ~over  # the line joins these only: one up to 1e13 would stand like a bar
     low = part["test_ppl_ci95_low"].to_numpy(float)[shown]
     high = part["test_ppl_ci95_high"].to_numpy(float)[shown]
     # np.nan where there is no interval: matplotlib draws no bar for it.
